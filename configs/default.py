@@ -1,0 +1,130 @@
+"""Shared defaults for every rpat_jax run: PGD-AT + RPAT, Linf 8/255, on CIFAR-10.
+
+The recipe is the official RPAT_Benchmarks one (FlaAI/RPAT, see ../shared/docs/rpat_spec.md sections 2.1
+and 7): SGD lr 0.1, momentum 0.9, coupled weight decay 5e-4 on all parameters, batch 128, 110 epochs
+with the learning rate x0.1 at epochs 100 and 105, PGD-10 training attack with BatchNorm in eval mode,
+zero-padded random crop + flip, no input normalisation, lambda = 1.0 in the code's MSE scale at
+interpolation rate 0.5. Per-model files (`prn18.py`, `resnet18.py`, `wrn.py`, `smoke.py`) start from
+this and change only what differs. Every key can be overridden: `--config.rpat.lam=0.5`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.method = 'pgd_at'  # The base adversarial-training objective; RPAT is added on top by `rpat`.
+  config.epochs = 110
+  config.batch_size = 128  # Global batch over all devices.
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'preact_resnet18'
+  config.model.dtype = 'float32'  # Compute dtype; 'bfloat16' keeps float32 params.
+  config.model.width = 32  # small_cnn only: base channel count.
+  config.model.depth = 34  # wide_resnet only.
+  config.model.widen_factor = 10  # wide_resnet only.
+  config.model.stem_stride = 1  # resnet18_bottleneck only: 1 for 32x32, 2 for 64x64 inputs.
+  # Input normalisation inside the forward pass. The official RPAT_Benchmarks code has none (False);
+  # its RPAT_SOTAs part normalises with CIFAR-10 statistics.
+  config.model.normalize = False
+  config.model.mean = (0.4914, 0.4822, 0.4465)
+  config.model.std = (0.2471, 0.2435, 0.2616)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'cifar10'  # 'synthetic' or any TFDS image-classification dataset.
+  config.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None = TFDS default.
+  config.data.cache_dir = ''  # Decoded-array cache; '' = $XDG_CACHE_HOME/rpat_jax or ~/.cache/rpat_jax.
+  config.data.train_split = 'train'
+  config.data.test_split = 'test'
+  config.data.padding = 4  # Random-crop padding in pixels.
+  config.data.pad_mode = 'constant'  # 'constant' (zeros, official Benchmarks) or 'reflect' (ReBAT).
+  config.data.flip = True
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.num_train = 4096
+  config.data.synthetic.num_test = 512
+  config.data.synthetic.image_size = 32
+  config.data.synthetic.num_classes = 10
+  config.data.synthetic.seed = 0
+
+  config.attack = ml_collections.ConfigDict()
+  config.attack.norm = 'linf'  # 'linf' or 'l2'.
+  # None = the threat model's default from rpat_jax/threats.py (Linf 8/255, 2/255; L2 128/255, 15/255),
+  # so `--config.attack.norm=l2` alone gives the official L2 setting.
+  config.attack.eps = config_dict.placeholder(float)
+  config.attack.step_size = config_dict.placeholder(float)
+  config.attack.steps = 10
+  config.attack.random_start = True
+  # BatchNorm mode while the training attack runs: 'eval' (running statistics, as RPAT_Benchmarks)
+  # or 'train' (batch statistics of the attacked batch, running statistics untouched).
+  config.attack.bn_mode = 'eval'
+
+  config.rpat = ml_collections.ConfigDict()
+  config.rpat.enabled = True
+  config.rpat.lam = 1.0  # Weight of the regulariser, in the scale of `rpat.form`.
+  # Interpolation rates r: x~ = r*x + (1-r)*x' (r weights the clean image, as the official code).
+  config.rpat.rates = (0.5,)
+  # 'code': MSE(z(x~), r z(x) + (1-r) z(x')), the official code's form and scale (default).
+  # 'paper': the seed formula MSE((z~ - z)/a, (z' - z~)/(1-a)) with a = 1-r; equals 'code' x 1/(a(1-a))^2.
+  config.rpat.form = 'code'
+  config.rpat.start_epoch = 0  # 0-indexed epoch from which the term is on (official RA_start=0: always).
+  config.rpat.detach_target = False  # Official: gradients flow through z(x), z(x') and z(x~).
+  # False (official): separate train-mode forwards z(x') -> z(x~) -> z(x), each with its own batch
+  # statistics. True: one forward over the concatenated batch (faster, shared BN statistics).
+  config.rpat.fused_forward = False
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.lr = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.weight_decay = 5e-4  # Coupled (added to the gradient), on all parameters.
+
+  config.schedule = ml_collections.ConfigDict()
+  # 'multistep': lr x factor at each milestone epoch, per epoch (RPAT_Benchmarks MultiStepLR).
+  # 'rebat_piecewise': lr / lr_factor at stage1 and stage2, set per iteration (RPAT_SOTAs / ReBAT).
+  # 'constant'.
+  config.schedule.name = 'multistep'
+  config.schedule.milestones = (100, 105)
+  config.schedule.factor = 0.1
+  config.schedule.stage1 = 100
+  config.schedule.stage2 = 150
+  config.schedule.lr_factor = 1.5
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_epochs = 1
+  config.eval.num_examples = 10000  # First N test images; 0 = the whole test split.
+  config.eval.batch_size = 500
+  config.eval.pgd_steps = 10  # PGD-k with the training threat's eps and step size.
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.keep = 3  # The last N epochs are kept; the best by test PGD accuracy separately.
+
+  config.log = ml_collections.ConfigDict()
+  config.log.progress = 'auto'  # 'auto' (a bar on a terminal, lines otherwise), 'bar', 'lines', 'none'.
+  config.log.every_steps = 50  # Progress update cadence.
+  return config
+
+
+def apply_arg(config, arg):
+  """Applies a config-string argument (`--config=configs/prn18.py:smoke`).
+
+  `smoke` shrinks any config to a CPU-sized check of the same model: synthetic data, 1 epoch, PGD-2,
+  a 256-image test subset. Unknown arguments raise a ValueError naming the allowed ones.
+  """
+  if not arg:
+    return config
+  for part in arg.split(','):
+    if part == 'smoke':
+      config.data.name = 'synthetic'
+      config.data.synthetic.num_train = 512
+      config.data.synthetic.num_test = 256
+      config.epochs = 1
+      config.attack.steps = 2
+      config.eval.num_examples = 256
+      config.eval.batch_size = 128
+      config.eval.pgd_steps = 2
+      config.schedule.name = 'constant'
+    else:
+      raise ValueError(f'config argument {part!r} is unknown; allowed: smoke')
+  return config

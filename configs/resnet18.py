@@ -1,0 +1,16 @@
+"""ResNet-18 on CIFAR-10, PGD-AT + RPAT, Linf 8/255.
+
+  python -m rpat_jax.main --config=configs/resnet18.py --workdir=runs/resnet18_rpat
+
+"ResNet-18" here is the official RPAT_Benchmarks network, which is built from Bottleneck blocks
+[2,2,2,2] with a 2048-d feature (13.96M parameters), `resnet18_bottleneck`. The standard BasicBlock
+ResNet-18 (11.17M) is `--config.model.name=resnet18`.
+"""
+
+from configs import default
+
+
+def get_config(arg=None):
+  config = default.get_config()
+  config.model.name = 'resnet18_bottleneck'
+  return default.apply_arg(config, arg)

@@ -1,0 +1,105 @@
+"""PGD and FGSM as pure functions of a `logits_fn`, compiled with the train / eval step.
+
+`logits_fn(x) -> [B, K] float32 logits` closes over the parameters and fixes the BatchNorm mode, so
+the same attack serves training (BN eval mode, as RPAT_Benchmarks) and evaluation. Images are NHWC in
+[0, 1]; eps and step sizes are fractions of that range (8/255, not 8). The step loop is a
+`lax.fori_loop`: one compiled body, whatever the number of steps.
+
+Semantics follow advertorch's `PGDAttack` used by the official code (spec section 2.1):
+- Linf: delta ~ U(-eps, eps), clipped so x + delta is an image; step delta += step * sign(g), clamp to
+  [-eps, eps], clip x + delta to [0, 1].
+- L2: start from a uniform random image u, delta = u - x shrunk into the eps-ball, clipped to the image
+  box; step delta += step * g / max(|g|_2, 1e-6), clip x + delta to [0, 1], then shrink into the ball.
+The gradient is that of the summed cross-entropy, so a point's step does not depend on the batch size
+(the official mean-CE gradient gives the same sign and the same direction).
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+_L2_FLOOR = 1e-6  # advertorch's `small` constant for normalising the gradient and the perturbation.
+
+
+def _per_example_l2(v: jax.Array) -> jax.Array:
+  """L2 norm of each example, shaped to broadcast against v: [B, 1, 1, 1]."""
+  axes = tuple(range(1, v.ndim))
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=axes, keepdims=True))
+
+
+def project_linf(delta: jax.Array, eps: float) -> jax.Array:
+  return jnp.clip(delta, -eps, eps)
+
+
+def project_l2(delta: jax.Array, eps: float) -> jax.Array:
+  """Shrinks each example of delta into the L2 ball of radius eps (points inside are unchanged)."""
+  norm = jnp.maximum(_per_example_l2(delta), _L2_FLOOR)
+  return delta * jnp.minimum(1.0, eps / norm)
+
+
+def clip_to_image(x: jax.Array, delta: jax.Array) -> jax.Array:
+  """The delta that keeps x + delta inside [0, 1]."""
+  return jnp.clip(x + delta, 0.0, 1.0) - x
+
+
+def random_start(key: jax.Array, x: jax.Array, *, norm: str, eps: float) -> jax.Array:
+  """A random initial perturbation inside the threat set, as advertorch's `rand_init_delta`."""
+  if norm == 'linf':
+    delta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+  elif norm == 'l2':
+    delta = project_l2(jax.random.uniform(key, x.shape, x.dtype) - x, eps)
+  else:
+    raise ValueError(f'norm={norm!r}; allowed: linf, l2')
+  return clip_to_image(x, delta)
+
+
+def cross_entropy_sum(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
+
+
+def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, *, norm: str, eps: float,
+        step_size: float, steps: int, random_init: bool = True,
+        loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_sum) -> jax.Array:
+  """Projected gradient ascent on `loss_fn(logits_fn(x + delta), labels)`.
+
+  Args:
+    logits_fn: x [B, H, W, C] -> logits [B, K].
+    key: PRNG key for the random start.
+    x: clean images [B, H, W, C] float32 in [0, 1].
+    labels: [B] int labels.
+    norm: 'linf' or 'l2'.
+    eps, step_size: radius and step, fractions of the [0, 1] pixel range.
+    steps: number of gradient steps (a static Python int).
+    random_init: start from a random point of the threat set (True) or from x.
+    loss_fn: (logits, labels) -> scalar to maximise; summed over the batch.
+
+  Returns:
+    x_adv [B, H, W, C] in [0, 1], within eps of x, with no gradient path to the parameters.
+  """
+  if norm not in ('linf', 'l2'):
+    raise ValueError(f'norm={norm!r}; allowed: linf, l2')
+  x = jax.lax.stop_gradient(x)
+  delta = random_start(key, x, norm=norm, eps=eps) if random_init else jnp.zeros_like(x)
+  grad_fn = jax.grad(lambda d: loss_fn(logits_fn(x + d), labels))
+
+  def step(_, delta):
+    grad = grad_fn(delta)
+    if norm == 'linf':
+      delta = project_linf(delta + step_size * jnp.sign(grad), eps)
+      return clip_to_image(x, delta)
+    grad = grad / jnp.maximum(_per_example_l2(grad), _L2_FLOOR)
+    return project_l2(clip_to_image(x, delta + step_size * grad), eps)
+
+  delta = jax.lax.fori_loop(0, steps, step, delta)
+  return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
+
+
+def fgsm(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps: float,
+         loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_sum) -> jax.Array:
+  """One Linf step of size eps from x (Goodfellow et al.): x + eps * sign(grad), clipped to [0, 1]."""
+  x = jax.lax.stop_gradient(x)
+  grad = jax.grad(lambda z: loss_fn(logits_fn(z), labels))(x)
+  return jax.lax.stop_gradient(jnp.clip(x + eps * jnp.sign(grad), 0.0, 1.0))

@@ -1,0 +1,99 @@
+"""Checks a resolved config before anything is built or compiled.
+
+Each problem becomes one `ConfigError` line that names the key and what is allowed; `main` prints it and
+exits with status 2.
+"""
+
+import math
+
+import ml_collections
+
+from rpat_jax import data
+from rpat_jax import models
+from rpat_jax import threats
+
+METHODS = ('pgd_at',)
+DTYPES = ('float32', 'bfloat16')
+BN_MODES = ('eval', 'train')
+RPAT_FORMS = ('code', 'paper')
+SCHEDULES = ('multistep', 'rebat_piecewise', 'constant')
+PAD_MODES = ('constant', 'reflect')
+PROGRESS = ('auto', 'bar', 'lines', 'none')
+# An eps at or above these is almost surely in 0-255 pixel units (8 instead of 8/255).
+PIXEL_UNIT_LIMITS = {'linf': 1.0, 'l2': 16.0}
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run; the message is one line naming the key."""
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise ConfigError(message)
+
+
+def _choice(key: str, value, allowed):
+  _require(value in allowed, f'{key}={value!r} is not allowed; allowed: {", ".join(allowed)}')
+
+
+def _positive(key: str, value, kind=float):
+  _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+           and math.isfinite(value) and (kind is float or float(value).is_integer()),
+           f'{key}={value!r} must be a positive {"number" if kind is float else "integer"}')
+
+
+def _budget(key: str, value, norm: str):
+  _positive(key, value)
+  limit = PIXEL_UNIT_LIMITS[norm]
+  _require(value < limit,
+           f'{key}={value!r} looks like 0-255 pixel units; give a fraction of the [0, 1] pixel range, '
+           f'e.g. {value:g}/255 = {value / 255:.6f}')
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
+  """Raises ConfigError for the first problem in a config resolved by `threats.resolve`."""
+  _choice('method', config.method, METHODS)
+  _positive('epochs', config.epochs, int)
+  _positive('batch_size', config.batch_size, int)
+  _require(config.batch_size % device_count == 0,
+           f'batch_size={config.batch_size} is not divisible by the {device_count} devices; '
+           f'allowed: a multiple of {device_count}')
+  _require(isinstance(config.seed, int), f'seed={config.seed!r} must be an integer')
+
+  _choice('model.name', config.model.name, models.MODEL_NAMES)
+  _choice('model.dtype', config.model.dtype, DTYPES)
+
+  if config.data.name != 'synthetic':
+    _require(data.dataset_available(config.data.name, config.data.data_dir),
+             f'data.name={config.data.name!r} is not prepared in data.data_dir={config.data.data_dir!r}; '
+             'allowed: synthetic, or a TFDS dataset prepared there (see the README, "Data")')
+  _choice('data.pad_mode', config.data.pad_mode, PAD_MODES)
+  _require(isinstance(config.data.padding, int) and config.data.padding >= 0,
+           f'data.padding={config.data.padding!r} must be an integer >= 0')
+
+  _choice('attack.norm', config.attack.norm, threats.NORMS)
+  _budget('attack.eps', config.attack.eps, config.attack.norm)
+  _budget('attack.step_size', config.attack.step_size, config.attack.norm)
+  _positive('attack.steps', config.attack.steps, int)
+  _choice('attack.bn_mode', config.attack.bn_mode, BN_MODES)
+
+  rates = tuple(config.rpat.rates) if isinstance(config.rpat.rates, (tuple, list)) else (config.rpat.rates,)
+  _require(len(rates) > 0, 'rpat.rates is empty; allowed: one or more rates in (0, 1)')
+  for rate in rates:
+    _require(isinstance(rate, (int, float)) and 0 < rate < 1,
+             f'rpat.rates contains {rate!r}; allowed: rates strictly between 0 and 1')
+  _require(isinstance(config.rpat.lam, (int, float)) and config.rpat.lam >= 0,
+           f'rpat.lam={config.rpat.lam!r} must be a number >= 0')
+  _choice('rpat.form', config.rpat.form, RPAT_FORMS)
+
+  _positive('optimizer.lr', config.optimizer.lr)
+  _choice('schedule.name', config.schedule.name, SCHEDULES)
+  _positive('eval.batch_size', config.eval.batch_size, int)
+  _require(config.eval.batch_size % device_count == 0,
+           f'eval.batch_size={config.eval.batch_size} is not divisible by the {device_count} devices')
+  _positive('eval.pgd_steps', config.eval.pgd_steps, int)
+  _require(isinstance(config.eval.num_examples, int) and config.eval.num_examples >= 0,
+           f'eval.num_examples={config.eval.num_examples!r} must be an integer >= 0 (0 = all)')
+  _positive('eval.every_epochs', config.eval.every_epochs, int)
+  _positive('checkpoint.keep', config.checkpoint.keep, int)
+  _choice('log.progress', config.log.progress, PROGRESS)

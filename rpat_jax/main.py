@@ -1,0 +1,43 @@
+"""Trains and evaluates an adversarially robust classifier with RPAT.
+
+  python -m rpat_jax.main --config=configs/smoke.py --workdir=/tmp/rpat_smoke
+  python -m rpat_jax.main --config=configs/prn18.py --workdir=runs/prn18_rpat --config.rpat.lam=0.5
+
+Running the same command again resumes from the last checkpoint in `workdir`.
+"""
+
+import sys
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from rpat_jax import config_validation
+from rpat_jax import data
+from rpat_jax import threats
+from rpat_jax import train
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard events.')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. configs/prn18.py.',
+                                          lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.info('process %d of %d; %d local / %d global devices (%s)', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
+  config = threats.resolve(_CONFIG.value)
+  try:
+    config_validation.validate(config, jax.device_count())
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except (config_validation.ConfigError, data.DatasetNotFoundError) as error:
+    print(f'rpat_jax: error: {error}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

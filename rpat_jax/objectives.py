@@ -1,0 +1,74 @@
+"""The training losses: cross-entropy and the RPAT regulariser, as pure functions of logits.
+
+RPAT (Robust Perception Adversarial Training) asks the logits to move linearly along the segment from a
+clean image x to its adversarial example x'. With x~ = r*x + (1-r)*x' (r weights the clean image, as in
+the official code) the code form of the regulariser is
+
+    L_code(r) = mean_{b,k} ( z(x~) - [r*z(x) + (1-r)*z(x')] )^2          (nn.MSELoss: mean over B*K)
+
+and the seed (paper) form, with a = 1 - r the weight on the perturbation, is
+
+    L_paper(a) = mean_{b,k} ( (z(x~) - z(x))/a - (z(x') - z(x~))/(1-a) )^2 = L_code / (a(1-a))^2,
+
+so at r = 0.5 the paper form is 16x the code form: lambda_code = 1.0 equals lambda_paper = 1/16.
+With several rates the regulariser is the mean over rates.
+
+References: RPAT, ICCV'25, arXiv 2508.02186; the spec `../shared/docs/rpat_spec.md` sections 0-1.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy, computed in float32. logits [B, K], labels [B] int."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def interpolate(x: jax.Array, x_adv: jax.Array, rates: jax.Array) -> jax.Array:
+  """x~ for each rate: [R, B, ...] = r*x + (1-r)*x' with r weighting the clean image."""
+  rates = jnp.asarray(rates, x.dtype).reshape((-1,) + (1,) * x.ndim)
+  return rates * x[None] + (1.0 - rates) * x_adv[None]
+
+
+def _per_rate(rates: jax.Array, ndim: int) -> jax.Array:
+  return jnp.asarray(rates, jnp.float32).reshape((-1,) + (1,) * ndim)
+
+
+def rpat_code_form(z_interp: jax.Array, z_clean: jax.Array, z_adv: jax.Array,
+                   rates: jax.Array) -> jax.Array:
+  """The official code's regulariser, averaged over rates.
+
+  Args:
+    z_interp: [R, B, K] logits of x~ for each rate.
+    z_clean, z_adv: [B, K] logits of x and x'.
+    rates: [R] interpolation rates r (weight on the clean image).
+
+  Returns:
+    mean over R*B*K of (z(x~) - r z(x) - (1-r) z(x'))^2, a float32 scalar.
+  """
+  r = _per_rate(rates, z_clean.ndim)
+  target = r * z_clean.astype(jnp.float32) + (1.0 - r) * z_adv.astype(jnp.float32)
+  return jnp.mean(jnp.square(z_interp.astype(jnp.float32) - target))
+
+
+def rpat_paper_form(z_interp: jax.Array, z_clean: jax.Array, z_adv: jax.Array,
+                    rates: jax.Array) -> jax.Array:
+  """The seed formula MSE((z~ - z)/a, (z' - z~)/(1-a)), a = 1 - r, averaged over rates. Shapes as above."""
+  a = 1.0 - _per_rate(rates, z_clean.ndim)
+  z_interp, z_clean, z_adv = (z.astype(jnp.float32) for z in (z_interp, z_clean, z_adv))
+  return jnp.mean(jnp.square((z_interp - z_clean) / a - (z_adv - z_interp) / (1.0 - a)))
+
+
+RPAT_FORMS = {'code': rpat_code_form, 'paper': rpat_paper_form}
+
+
+def paper_lambda_to_code(lam_paper: float, rate: float) -> float:
+  """The code-form lambda that gives the same loss as `lam_paper` in the seed form at rate r."""
+  a = 1.0 - rate
+  return lam_paper / (a * (1.0 - a)) ** 2

@@ -1,0 +1,141 @@
+"""The pure train and evaluation steps: augmentation, attack, objective and update in one function.
+
+`train_step(state, batch, rng) -> (state, metrics)` is jitted once with everything inside it. The run's
+base key `rng` is folded with `state.step`, so each step's randomness is a function of the step alone
+and a resumed run repeats an uninterrupted one exactly.
+"""
+
+import functools
+from typing import Any, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from rpat_jax import attacks
+from rpat_jax import data
+from rpat_jax import objectives
+from rpat_jax import optim
+from rpat_jax.forward import Forward
+
+Metrics = Dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Everything a resume needs: step, params, optimiser state, BatchNorm statistics, run key."""
+  batch_stats: Any
+  rng: jax.Array  # uint32 key data of the run's base key (`jax.random.key_data`), checkpointable.
+
+
+def create_train_state(config: ml_collections.ConfigDict, forward: Forward, tx: optax.GradientTransformation,
+                       image_shape: Tuple[int, int, int]) -> TrainState:
+  """A fresh state from `config.seed`: the init key and the run key are split from one root key."""
+  init_key, run_key = jax.random.split(jax.random.key(config.seed))
+  variables = forward.init(init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+  return TrainState.create(apply_fn=forward.model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables['batch_stats'], rng=jax.random.key_data(run_key))
+
+
+def _rpat_pass(forward: Forward, rpat: ml_collections.ConfigDict, params, stats, x, x_adv):
+  """The official order of train-mode forwards for PGD-AT + RPAT: z(x') -> z(x~) -> z(x).
+
+  Returns (z_adv, z_interp [R, B, K], z_clean, final batch_stats). With `fused_forward` the three
+  inputs go through one forward and share one set of batch statistics.
+  """
+  rates = jnp.asarray(rpat.rates, jnp.float32)
+  x_interp = objectives.interpolate(x, x_adv, rates)  # [R, B, H, W, C]
+  if rpat.fused_forward:
+    num_rates, batch = x_interp.shape[:2]
+    stacked = jnp.concatenate([x_adv, x_interp.reshape((-1,) + x.shape[1:]), x])
+    logits, stats = forward.train_logits(params, stats, stacked)
+    z_adv = logits[:batch]
+    z_interp = logits[batch:batch * (num_rates + 1)].reshape((num_rates, batch, -1))
+    z_clean = logits[batch * (num_rates + 1):]
+    return z_adv, z_interp, z_clean, stats
+  z_adv, stats = forward.train_logits(params, stats, x_adv)
+  z_interp, stats = forward.train_logits_per_rate(params, stats, x_interp)
+  z_clean, stats = forward.train_logits(params, stats, x)
+  return z_adv, z_interp, z_clean, stats
+
+
+def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_per_epoch: int):
+  """Returns the pure `train_step(state, batch, rng) -> (state, metrics)` for `config`.
+
+  batch: {'image': uint8 [B, H, W, C], 'label': int32 [B]}, raw (augmentation happens here).
+  rng: the run's base key (typed). metrics: scalar float32 device arrays.
+  """
+  attack, rpat = config.attack, config.rpat
+  regulariser = objectives.RPAT_FORMS[rpat.form]
+  rates = jnp.asarray(rpat.rates, jnp.float32)
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch)  # For logging the step's lr.
+
+  def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array) -> Tuple[TrainState, Metrics]:
+    aug_key, attack_key = jax.random.split(jax.random.fold_in(rng, state.step))
+    x = data.random_crop_flip(aug_key, batch['image'], padding=config.data.padding,
+                              pad_mode=config.data.pad_mode, flip=config.data.flip)
+    labels = batch['label']
+
+    if attack.bn_mode == 'eval':
+      attack_logits = functools.partial(forward.eval_logits, state.params, state.batch_stats)
+    else:
+      attack_logits = functools.partial(forward.batch_stat_logits, state.params, state.batch_stats)
+    x_adv = attacks.pgd(attack_logits, attack_key, x, labels, norm=attack.norm, eps=attack.eps,
+                        step_size=attack.step_size, steps=attack.steps, random_init=attack.random_start)
+
+    epoch = state.step // steps_per_epoch
+    lam = jnp.where(epoch >= rpat.start_epoch, rpat.lam, 0.0)
+
+    def loss_fn(params):
+      aux = {}
+      if rpat.enabled:
+        z_adv, z_interp, z_clean, stats = _rpat_pass(forward, rpat, params, state.batch_stats, x, x_adv)
+        if rpat.detach_target:
+          z_adv_target, z_clean = jax.lax.stop_gradient(z_adv), jax.lax.stop_gradient(z_clean)
+        else:
+          z_adv_target = z_adv
+        rpat_loss = regulariser(z_interp, z_clean, z_adv_target, rates)
+        aux.update(rpat_loss=rpat_loss, clean_acc=objectives.accuracy(z_clean, labels))
+      else:
+        z_adv, stats = forward.train_logits(params, state.batch_stats, x_adv)
+        rpat_loss = 0.0
+      ce_loss = objectives.cross_entropy(z_adv, labels)
+      aux.update(ce_loss=ce_loss, acc=objectives.accuracy(z_adv, labels))
+      return ce_loss + lam * rpat_loss, (stats, aux)
+
+    (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    lr = schedule(state.step)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = {'loss': loss, 'lr': lr, **aux}
+    return state, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), metrics)
+
+  return train_step
+
+
+def make_evaluate(config: ml_collections.ConfigDict, forward: Forward):
+  """Returns `evaluate(state, images, labels, mask, key) -> {'clean_correct', 'pgd_correct', 'count'}`.
+
+  images: uint8 [N_batches, B, H, W, C] (padded), labels [N_batches, B], mask [N_batches, B] bool
+  (False on padding, so each test image counts once on any batch or device count). The whole test
+  subset runs in one compiled call (`lax.map` over batches): BN in eval mode, PGD-k with the training
+  threat, a fixed key folded per batch.
+  """
+  attack = config.attack
+
+  def evaluate(state: TrainState, images, labels, mask, key) -> Metrics:
+    def one_batch(args):
+      index, batch_images, batch_labels, batch_mask = args
+      x = data.to_float(batch_images)
+      logits_fn = functools.partial(forward.eval_logits, state.params, state.batch_stats)
+      x_adv = attacks.pgd(logits_fn, jax.random.fold_in(key, index), x, batch_labels, norm=attack.norm,
+                          eps=attack.eps, step_size=attack.step_size, steps=config.eval.pgd_steps)
+      clean = (jnp.argmax(logits_fn(x), -1) == batch_labels) & batch_mask
+      robust = (jnp.argmax(logits_fn(x_adv), -1) == batch_labels) & batch_mask
+      return clean.sum(), robust.sum(), batch_mask.sum()
+
+    indices = jnp.arange(images.shape[0])
+    clean, robust, count = jax.lax.map(one_batch, (indices, images, labels, mask))
+    return {'clean_correct': clean.sum(), 'pgd_correct': robust.sum(), 'count': count.sum()}
+
+  return evaluate

@@ -1,0 +1,167 @@
+"""The training loop: data on the device, one compiled step, per-epoch evaluation and checkpoints.
+
+Resume precedence: a checkpoint in `workdir/checkpoints` always wins; otherwise training starts from
+`config.seed`. Everything random is a function of the run key and the step (the data order of epoch e
+is a permutation keyed by (data key, e)), so a resumed run repeats an uninterrupted one exactly.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from rpat_jax import checkpointing
+from rpat_jax import config_validation
+from rpat_jax import data
+from rpat_jax import metrics_log
+from rpat_jax import optim
+from rpat_jax import parallel
+from rpat_jax import steps
+from rpat_jax import threats
+from rpat_jax.forward import Forward
+
+
+def run_keys(state: steps.TrainState):
+  """(step key, data key, eval key), all derived from the checkpointed run key."""
+  step_key, data_key, eval_key = jax.random.split(jax.random.wrap_key_data(state.rng), 3)
+  return step_key, data_key, eval_key
+
+
+def make_epoch_step(config: ml_collections.ConfigDict, forward: Forward, steps_per_epoch: int, mesh):
+  """`step(state, train_images, train_labels) -> (state, metrics)`: selects the batch, then trains.
+
+  The batch is chosen on the device from the step count: a per-epoch permutation of the training set
+  (last partial batch dropped; a new permutation each epoch), so nothing crosses from the host.
+  """
+  train_step = steps.make_train_step(config, forward, steps_per_epoch)
+  batch_size = config.batch_size
+
+  def step(state, images, labels):
+    step_key, data_key, _ = run_keys(state)
+    epoch, index = jnp.divmod(state.step, steps_per_epoch)
+    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), images.shape[0])
+    chosen = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+    batch = {'image': images[chosen], 'label': labels[chosen]}
+    batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
+    return train_step(state, batch, step_key)
+
+  return step
+
+
+def _eval_arrays(dataset: data.ImageDataset, num_examples: int, batch_size: int):
+  """The first `num_examples` test images padded to whole batches: [N_b, B, ...] arrays and a mask."""
+  n = dataset.test_images.shape[0] if num_examples == 0 else min(num_examples, dataset.test_images.shape[0])
+  num_batches = math.ceil(n / batch_size)
+  pad = num_batches * batch_size - n
+  images = np.concatenate([dataset.test_images[:n], np.zeros((pad,) + dataset.test_images.shape[1:], np.uint8)])
+  labels = np.concatenate([dataset.test_labels[:n], np.zeros((pad,), np.int32)])
+  mask = np.arange(num_batches * batch_size) < n
+  shape = (num_batches, batch_size)
+  return images.reshape(shape + images.shape[1:]), labels.reshape(shape), mask.reshape(shape)
+
+
+def _mean_metrics(step_metrics) -> Dict[str, float]:
+  host = jax.device_get(step_metrics)
+  return {key: float(np.mean([m[key] for m in host])) for key in host[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final state."""
+  config = threats.resolve(config)
+  config_validation.validate(config, jax.device_count())
+  dataset = data.load_dataset(config.data)
+  steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
+  if steps_per_epoch < 1:
+    raise config_validation.ConfigError(
+        f'batch_size={config.batch_size} exceeds the {dataset.train_images.shape[0]} training images')
+
+  mesh = parallel.make_mesh()
+  replicated = parallel.replicated(mesh)
+  forward = Forward.from_config(config.model, dataset.num_classes)
+  tx = optim.make_optimizer(config, steps_per_epoch)
+  image_shape = dataset.train_images.shape[1:]
+  state = jax.jit(lambda: steps.create_train_state(config, forward, tx, image_shape),
+                  out_shardings=replicated)()
+  logging.info('%s: %d parameters, %d classes, %d train / %d test images, %d steps per epoch',
+               config.model.name, sum(p.size for p in jax.tree.leaves(state.params)), dataset.num_classes,
+               dataset.train_images.shape[0], dataset.test_images.shape[0], steps_per_epoch)
+
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints = checkpointing.Checkpoints(workdir, config.checkpoint.keep)
+  meta = {'epoch': 0, 'best_pgd_acc': -1.0, 'best_epoch': 0}
+  if checkpoints.latest_epoch() is not None:
+    state, meta = checkpoints.restore(state)
+    logging.info('Resumed from %s at epoch %d (step %d).', workdir, meta['epoch'], int(state.step))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  train_images = jax.device_put(dataset.train_images, replicated)
+  train_labels = jax.device_put(dataset.train_labels.astype(np.int32), replicated)
+  eval_data = jax.device_put(_eval_arrays(dataset, config.eval.num_examples, config.eval.batch_size),
+                             replicated)
+  eval_key = jax.device_put(jax.random.key_data(run_keys(state)[2]), replicated)
+
+  compile_start = time.perf_counter()
+  epoch_step = jax.jit(make_epoch_step(config, forward, steps_per_epoch, mesh), donate_argnums=0,
+                       out_shardings=(replicated, replicated)).lower(state, train_images, train_labels).compile()
+  evaluate = steps.make_evaluate(config, forward)
+  evaluate = jax.jit(lambda s, i, l, m, k: evaluate(s, i, l, m, jax.random.wrap_key_data(k)),
+                     out_shardings=replicated).lower(state, *eval_data, eval_key).compile()
+  logging.info('Compiled the train step and the evaluation in %.1fs.', time.perf_counter() - compile_start)
+
+  log = metrics_log.MetricsLog(workdir, resume_epoch=meta['epoch'])
+  for epoch in range(meta['epoch'], config.epochs):
+    row = _train_epoch(config, epoch_step, state, train_images, train_labels, steps_per_epoch, epoch)
+    state = row.pop('state')
+    if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.epochs:
+      eval_start = time.perf_counter()
+      sums = jax.device_get(evaluate(state, *eval_data, eval_key))
+      row['test_clean_acc'] = float(sums['clean_correct'] / sums['count'])
+      row['test_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
+      row['eval_seconds'] = time.perf_counter() - eval_start
+    is_best = row.get('test_pgd_acc', -1.0) > meta['best_pgd_acc']
+    if is_best:
+      meta.update(best_pgd_acc=row['test_pgd_acc'], best_epoch=epoch + 1)
+    meta['epoch'] = epoch + 1
+    log.write(row)  # Before the checkpoint: a resume trims rows past the checkpoint it restores.
+    checkpoints.save(epoch + 1, state, dict(meta), is_best)
+  checkpoints.close()
+  log.close()
+  return state
+
+
+def _train_epoch(config, epoch_step, state, train_images, train_labels, steps_per_epoch: int,
+                 epoch: int) -> Dict[str, Any]:
+  """Runs one epoch of compiled steps; metrics reach the host once, at the end."""
+  progress = metrics_log.Progress(config.log.progress, steps_per_epoch, config.batch_size, epoch + 1)
+  start = time.perf_counter()
+  step_metrics = []
+  with jax.transfer_guard('disallow'):  # Proves the epoch makes no implicit host<->device copy.
+    for i in range(steps_per_epoch):
+      state, metrics = epoch_step(state, train_images, train_labels)
+      step_metrics.append(metrics)
+      if (i + 1) % config.log.every_steps == 0 and i >= 2:
+        # Wait for a step two behind, so the device queue never runs dry while we report.
+        jax.block_until_ready(step_metrics[i - 2])
+        progress.update(i - 1, config.log.every_steps)
+  means = _mean_metrics(step_metrics)
+  seconds = time.perf_counter() - start
+  progress.close()
+  first_step = epoch * steps_per_epoch + 1
+  if not math.isfinite(means['loss']):
+    raise FloatingPointError(f'non-finite training loss in steps {first_step}-{first_step + steps_per_epoch - 1}'
+                             f' (epoch {epoch + 1})')
+  row = {'epoch': epoch + 1, 'step': int((epoch + 1) * steps_per_epoch), 'lr': means.pop('lr'),
+         'train_loss': means.pop('loss')}
+  row.update({f'train_{key}': value for key, value in means.items()})
+  row.update(epoch_seconds=seconds, images_per_second=steps_per_epoch * config.batch_size / seconds,
+             state=state)
+  return row

@@ -1,0 +1,113 @@
+"""Config files resolve to the documented settings, and each bad value gets its one-line error."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import default, prn18, resnet18, smoke, wrn
+from rpat_jax import config_validation, threats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _resolved(module=smoke, arg=None, **overrides):
+  config = threats.resolve(module.get_config(arg) if module is not default else module.get_config())
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split('.')
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def test_model_configs_differ_only_in_the_model():
+  base = threats.resolve(default.get_config()).to_dict()
+  for module, name in ((prn18, 'preact_resnet18'), (resnet18, 'resnet18_bottleneck'), (wrn, 'wide_resnet')):
+    config = threats.resolve(module.get_config()).to_dict()
+    assert config['model']['name'] == name
+    assert {k: v for k, v in config.items() if k != 'model'} == {k: v for k, v in base.items() if k != 'model'}
+  assert wrn.get_config().model.depth == 34 and wrn.get_config().model.widen_factor == 10
+
+
+def test_defaults_follow_the_official_benchmark_recipe():
+  config = threats.resolve(prn18.get_config())
+  assert (config.epochs, config.batch_size, config.seed) == (110, 128, 0)
+  assert (config.optimizer.lr, config.optimizer.momentum, config.optimizer.weight_decay) == (0.1, 0.9, 5e-4)
+  assert tuple(config.schedule.milestones) == (100, 105) and config.schedule.factor == 0.1
+  assert (config.attack.norm, config.attack.eps, config.attack.step_size, config.attack.steps) == (
+      'linf', 8 / 255, 2 / 255, 10)
+  assert config.attack.bn_mode == 'eval'
+  assert config.rpat.enabled and config.rpat.lam == 1.0 and tuple(config.rpat.rates) == (0.5,)
+  assert config.rpat.form == 'code' and not config.rpat.fused_forward and not config.rpat.detach_target
+
+
+def test_norm_alone_selects_its_threat_budget():
+  config = prn18.get_config()
+  with config.unlocked():
+    config.attack.norm = 'L2'
+  config = threats.resolve(config)
+  assert (config.attack.norm, config.attack.eps, config.attack.step_size) == ('l2', 128 / 255, 15 / 255)
+  config = prn18.get_config()
+  with config.unlocked():
+    config.attack.norm, config.attack.eps = 'l2', 0.25
+  assert threats.resolve(config).attack.eps == 0.25  # An explicit value wins.
+
+
+def test_smoke_argument_shrinks_any_config_and_unknown_argument_fails():
+  config = threats.resolve(wrn.get_config('smoke'))
+  assert config.data.name == 'synthetic' and config.epochs == 1 and config.model.name == 'wide_resnet'
+  config_validation.validate(config, device_count=1)
+  with pytest.raises(ValueError, match='allowed: smoke'):
+    prn18.get_config('tiny')
+
+
+def test_smoke_config_is_valid():
+  config_validation.validate(_resolved(), device_count=1)
+
+
+@pytest.mark.parametrize('overrides,key', [
+    ({'method': 'fgsm_at'}, 'method='),
+    ({'model.name': 'resnet50'}, 'model.name='),
+    ({'model.dtype': 'float16'}, 'model.dtype='),
+    ({'data.name': 'no_such_dataset', 'data.data_dir': '/nonexistent'}, 'data.name='),
+    ({'attack.norm': 'l1'}, 'attack.norm='),
+    ({'attack.eps': 0.0}, 'attack.eps='),
+    ({'attack.eps': -0.1}, 'attack.eps='),
+    ({'attack.eps': 8.0}, 'pixel units'),
+    ({'attack.step_size': 0.0}, 'attack.step_size='),
+    ({'attack.step_size': 2.0}, 'pixel units'),
+    ({'attack.norm': 'l2', 'attack.eps': 128.0}, 'pixel units'),
+    ({'attack.steps': 0}, 'attack.steps='),
+    ({'rpat.rates': (0.5, 1.0)}, 'rpat.rates'),
+    ({'rpat.rates': (0.0,)}, 'rpat.rates'),
+    ({'rpat.rates': ()}, 'rpat.rates'),
+    ({'rpat.lam': -1.0}, 'rpat.lam='),
+    ({'rpat.form': 'seed'}, 'rpat.form='),
+    ({'batch_size': 0}, 'batch_size='),
+    ({'epochs': 0}, 'epochs='),
+    ({'schedule.name': 'cosine'}, 'schedule.name='),
+    ({'attack.bn_mode': 'frozen'}, 'attack.bn_mode='),
+])
+def test_each_bad_value_names_its_key(overrides, key):
+  config = _resolved(**overrides)
+  with pytest.raises(config_validation.ConfigError, match=key.replace('.', r'\.')) as error:
+    config_validation.validate(config, device_count=1)
+  assert '\n' not in str(error.value)
+
+
+def test_batch_size_must_divide_over_devices():
+  with pytest.raises(config_validation.ConfigError, match='not divisible by the 3 devices'):
+    config_validation.validate(_resolved(), device_count=3)
+
+
+def test_cli_prints_one_line_and_exits_2_before_compiling(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'rpat_jax.main', '--config=configs/smoke.py', f'--workdir={tmp_path}',
+       '--config.attack.eps=8.0'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if line.startswith('rpat_jax: error:')]
+  assert len(errors) == 1 and 'attack.eps=8.0' in errors[0] and '8/255' in errors[0]
+  assert not os.path.exists(tmp_path / 'checkpoints')  # Nothing was built.

@@ -1,0 +1,80 @@
+"""The RPAT regulariser and cross-entropy against direct numpy computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rpat_jax import objectives
+
+
+def _logits(seed, shape):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize('rates', [(0.5,), (0.3,), (0.25, 0.5, 0.8)])
+def test_code_form_matches_numpy(rates):
+  z_clean, z_adv = _logits(0, (6, 10)), _logits(1, (6, 10))
+  z_interp = _logits(2, (len(rates), 6, 10))
+  expected = np.mean([np.mean((z_interp[i] - (r * z_clean + (1 - r) * z_adv)) ** 2)
+                      for i, r in enumerate(rates)])
+  got = objectives.rpat_code_form(z_interp, z_clean, z_adv, jnp.asarray(rates))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize('rate', [0.5, 0.3, 0.9])
+def test_paper_form_matches_numpy_and_scale(rate):
+  z_clean, z_adv, z_interp = _logits(3, (5, 7)), _logits(4, (5, 7)), _logits(5, (1, 5, 7))
+  alpha = 1 - rate  # Weight on the perturbation in the paper's x~ = x + alpha * delta.
+  expected = np.mean(((z_interp[0] - z_clean) / alpha - (z_adv - z_interp[0]) / (1 - alpha)) ** 2)
+  got = objectives.rpat_paper_form(z_interp, z_clean, z_adv, jnp.asarray([rate]))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  code = objectives.rpat_code_form(z_interp, z_clean, z_adv, jnp.asarray([rate]))
+  np.testing.assert_allclose(got, code / (alpha * (1 - alpha)) ** 2, rtol=1e-5)
+
+
+def test_paper_lambda_conversion_at_half_is_sixteen():
+  assert objectives.paper_lambda_to_code(1 / 16, 0.5) == pytest.approx(1.0)
+
+
+def test_interpolate_weights_clean_image_by_rate():
+  x, x_adv = np.zeros((2, 3)), np.ones((2, 3))
+  got = objectives.interpolate(jnp.asarray(x), jnp.asarray(x_adv), jnp.asarray([0.25, 0.75]))
+  np.testing.assert_allclose(got[0], 0.75)
+  np.testing.assert_allclose(got[1], 0.25)
+
+
+@pytest.mark.parametrize('form', ['code', 'paper'])
+def test_zero_for_a_model_linear_in_its_input(form):
+  rng = np.random.default_rng(0)
+  weight, bias = rng.normal(size=(12, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+  model = lambda v: v @ weight + bias  # Affine: its logits move linearly along any segment.
+  x, x_adv = jnp.asarray(rng.uniform(size=(8, 12)), jnp.float32), jnp.asarray(rng.uniform(size=(8, 12)), jnp.float32)
+  rates = jnp.asarray([0.2, 0.5, 0.7])
+  z_interp = jax.vmap(model)(objectives.interpolate(x, x_adv, rates))
+  value = objectives.RPAT_FORMS[form](z_interp, model(x), model(x_adv), rates)
+  assert float(value) < 1e-9
+  nonlinear = lambda v: jnp.tanh(3 * v) @ weight  # And not zero for a non-linear one.
+  z_interp = jax.vmap(nonlinear)(objectives.interpolate(x, x_adv, rates))
+  assert float(objectives.RPAT_FORMS[form](z_interp, nonlinear(x), nonlinear(x_adv), rates)) > 1e-3
+
+
+def test_every_logit_receives_gradient():
+  """Official semantics: no stop-gradient, the target r z(x) + (1-r) z(x') is live."""
+  z_clean, z_adv, z_interp = (jnp.asarray(_logits(s, shape)) for s, shape in
+                              ((6, (4, 3)), (7, (4, 3)), (8, (1, 4, 3))))
+  grads = jax.grad(objectives.rpat_code_form, argnums=(0, 1, 2))(z_interp, z_clean, z_adv, jnp.asarray([0.5]))
+  for grad in grads:
+    assert float(jnp.abs(grad).sum()) > 0
+  # d/dz~ = -2 d/dz / r: the interpolated and clean logits are pulled in opposite directions.
+  np.testing.assert_allclose(grads[1], -0.5 * grads[0][0], rtol=1e-6)
+  np.testing.assert_allclose(grads[2], -0.5 * grads[0][0], rtol=1e-6)
+
+
+def test_cross_entropy_and_accuracy():
+  logits, labels = _logits(9, (5, 4)), np.array([0, 1, 2, 3, 0])
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  np.testing.assert_allclose(objectives.cross_entropy(logits, labels),
+                             -log_probs[np.arange(5), labels].mean(), rtol=1e-6)
+  assert float(objectives.accuracy(logits, labels)) == pytest.approx(np.mean(logits.argmax(-1) == labels))

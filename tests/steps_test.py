@@ -1,0 +1,122 @@
+"""The train step: official forward order and BN modes, gradient flow, vectorised rates, one compile."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from rpat_jax import data, objectives, optim, steps
+from rpat_jax.forward import Forward
+
+
+def _setup(**overrides):
+  config = tiny_config(**overrides)
+  dataset = data.make_synthetic(64, 8, 16, 10, 0)
+  forward = Forward.from_config(config.model, dataset.num_classes)
+  tx = optim.make_optimizer(config, steps_per_epoch=4)
+  state = steps.create_train_state(config, forward, tx, dataset.train_images.shape[1:])
+  batch = {'image': jnp.asarray(dataset.train_images), 'label': jnp.asarray(dataset.train_labels)}
+  return config, forward, state, batch
+
+
+def _run(overrides, state=None):
+  config, forward, fresh, batch = _setup(**overrides)
+  step = jax.jit(steps.make_train_step(config, forward, steps_per_epoch=4))
+  return step(state if state is not None else fresh, batch, jax.random.key(0))
+
+
+def test_metrics_and_loss_composition():
+  _, metrics = _run({})
+  assert set(metrics) == {'loss', 'lr', 'ce_loss', 'acc', 'rpat_loss', 'clean_acc'}
+  np.testing.assert_allclose(metrics['loss'], metrics['ce_loss'] + 1.0 * metrics['rpat_loss'], rtol=1e-6)
+  _, metrics = _run({'rpat.lam': 0.25})
+  np.testing.assert_allclose(metrics['loss'], metrics['ce_loss'] + 0.25 * metrics['rpat_loss'], rtol=1e-6)
+  _, plain = _run({'rpat.enabled': False})
+  assert 'rpat_loss' not in plain
+  np.testing.assert_allclose(plain['loss'], plain['ce_loss'])
+
+
+def test_rpat_start_epoch_gates_the_term():
+  _, metrics = _run({'rpat.start_epoch': 1})  # Step 0 is in epoch 0: the term is computed, not added.
+  assert float(metrics['rpat_loss']) > 0
+  np.testing.assert_allclose(metrics['loss'], metrics['ce_loss'])
+
+
+def test_forwards_run_in_the_official_order_with_their_own_batch_statistics():
+  config, forward, state, batch = _setup()
+  x = data.to_float(batch['image'])
+  x_adv = jnp.clip(x + 0.03, 0, 1)
+  z_adv, z_interp, z_clean, stats = steps._rpat_pass(forward, config.rpat, state.params, state.batch_stats,
+                                                     x, x_adv)
+  expected_stats = state.batch_stats
+  outputs = []
+  for inputs in (x_adv, 0.5 * x + 0.5 * x_adv, x):  # z(x') -> z(x~) -> z(x)
+    logits, expected_stats = forward.train_logits(state.params, expected_stats, inputs)
+    outputs.append(logits)
+  chex.assert_trees_all_close((z_adv, z_interp[0], z_clean), tuple(outputs), rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(stats, expected_stats, rtol=1e-6, atol=1e-7)
+  reordered = state.batch_stats
+  for inputs in (x, 0.5 * x + 0.5 * x_adv, x_adv):
+    _, reordered = forward.train_logits(state.params, reordered, inputs)
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(reordered)))
+
+
+def test_fused_forward_shares_one_set_of_batch_statistics():
+  config, forward, state, batch = _setup(**{'rpat.fused_forward': True})
+  x = data.to_float(batch['image'])
+  x_adv = jnp.clip(x + 0.03, 0, 1)
+  z_adv, z_interp, z_clean, _ = steps._rpat_pass(forward, config.rpat, state.params, state.batch_stats, x, x_adv)
+  stacked = jnp.concatenate([x_adv, 0.5 * x + 0.5 * x_adv, x])
+  logits, _ = forward.train_logits(state.params, state.batch_stats, stacked)
+  np.testing.assert_allclose(jnp.concatenate([z_adv, z_interp[0], z_clean]), logits, rtol=1e-5, atol=1e-5)
+  _, metrics = _run({'rpat.fused_forward': True})
+  assert np.isfinite(float(metrics['loss']))
+
+
+def test_rates_are_vectorised_and_averaged():
+  _, one = _run({'rpat.rates': (0.5,)})
+  _, twice = _run({'rpat.rates': (0.5, 0.5)})  # The same point twice: the same regulariser.
+  np.testing.assert_allclose(one['rpat_loss'], twice['rpat_loss'], rtol=1e-5)
+  _, three = _run({'rpat.rates': (0.2, 0.5, 0.8)})
+  assert float(three['rpat_loss']) != pytest.approx(float(one['rpat_loss']))
+
+
+def test_detach_target_changes_the_gradient_not_the_loss():
+  live, live_metrics = _run({})
+  detached, detached_metrics = _run({'rpat.detach_target': True})
+  np.testing.assert_allclose(live_metrics['loss'], detached_metrics['loss'], rtol=1e-6)
+  differences = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(live.params),
+                                                            jax.tree.leaves(detached.params))]
+  assert max(differences) > 1e-7
+
+
+def test_paper_form_is_the_code_form_times_sixteen_at_half():
+  _, code = _run({})
+  _, paper = _run({'rpat.form': 'paper'})
+  np.testing.assert_allclose(paper['rpat_loss'], 16 * code['rpat_loss'], rtol=1e-4)
+
+
+def test_attack_bn_modes_both_leave_running_stats_to_the_loss_passes():
+  for mode in ('eval', 'train'):
+    new_state, metrics = _run({'attack.bn_mode': mode, 'rpat.enabled': False})
+    assert np.isfinite(float(metrics['loss'])) and int(new_state.step) == 1
+
+
+def test_step_compiles_once_and_is_reproducible():
+  config, forward, state, batch = _setup()
+  train_step = chex.assert_max_traces(steps.make_train_step(config, forward, steps_per_epoch=4), n=1)
+  step = jax.jit(train_step)
+  first, _ = step(state, batch, jax.random.key(0))
+  again, _ = step(state, batch, jax.random.key(0))
+  chex.assert_trees_all_equal(first.params, again.params)
+  for _ in range(2):
+    first, _ = step(first, batch, jax.random.key(0))
+  assert int(first.step) == 3
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  new_state, metrics = _run({'model.dtype': 'bfloat16'})
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(new_state.params))
+  assert np.isfinite(float(metrics['loss']))
