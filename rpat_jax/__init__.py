@@ -1,0 +1,1 @@
+"""rpat_jax: Robust Perception Adversarial Training (RPAT) in JAX/Flax."""

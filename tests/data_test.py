@@ -1,0 +1,119 @@
+"""Data: synthetic set, on-device augmentation, TFDS ArrayRecord reading (self-written and cifar10_jpeg)."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from rpat_jax import data
+
+
+def test_synthetic_is_deterministic_balanced_and_learnable():
+  a, b = data.make_synthetic(2000, 500, 16, 10, seed=3), data.make_synthetic(2000, 500, 16, 10, seed=3)
+  np.testing.assert_array_equal(a.train_images, b.train_images)
+  assert a.train_images.shape == (2000, 16, 16, 3) and a.train_images.dtype == np.uint8
+  assert a.test_labels.dtype == np.int32 and set(np.unique(a.train_labels)) == set(range(10))
+  assert not np.array_equal(a.train_images, data.make_synthetic(2000, 500, 16, 10, seed=4).train_images)
+  # A nearest-class-mean classifier is far above chance, yet far from perfect (shifts and noise).
+  flat = lambda v: v.reshape(len(v), -1).astype(np.float32)
+  means = np.stack([flat(a.train_images)[a.train_labels == k].mean(0) for k in range(10)])
+  distances = ((flat(a.test_images)[:, None] - means[None]) ** 2).sum(-1)
+  accuracy = np.mean(distances.argmin(1) == a.test_labels)
+  assert 0.3 < accuracy < 0.98, accuracy
+
+
+def _reference_crop(image, offset, padding, mode, flipped):
+  padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode=mode)
+  crop = padded[offset[0]:offset[0] + image.shape[0], offset[1]:offset[1] + image.shape[1]]
+  return crop[:, ::-1] if flipped else crop
+
+
+@pytest.mark.parametrize('mode', ['constant', 'reflect'])
+def test_crop_flip_is_a_padded_crop_reproducible_from_the_key(mode):
+  images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+  augment = jax.jit(lambda k, x: data.random_crop_flip(k, x, padding=2, pad_mode=mode))
+  out = np.asarray(augment(jax.random.key(0), images))
+  assert out.shape == images.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+  np.testing.assert_array_equal(out, augment(jax.random.key(0), images))
+  assert not np.array_equal(out, augment(jax.random.key(1), images))
+  source = images.astype(np.float32) / 255
+  for i in range(len(images)):  # Each output is one of the (2p+1)^2 crops, flipped or not.
+    candidates = [_reference_crop(source[i], (r, c), 2, mode, f) for r in range(5) for c in range(5)
+                  for f in (False, True)]
+    assert any(np.allclose(out[i], c) for c in candidates), i
+
+
+def test_no_padding_no_flip_is_the_identity():
+  images = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+  out = data.random_crop_flip(jax.random.key(0), images, padding=0, flip=False)
+  np.testing.assert_array_equal(out, images.astype(np.float32) / 255)
+
+
+def _write_array_record_dataset(data_dir):
+  """A 4-class, 8x8 ArrayRecord TFDS dataset built without TensorFlow; returns its arrays."""
+  import tensorflow_datasets as tfds
+  rng = np.random.default_rng(0)
+  arrays = {'train': (rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, 64)),
+            'test': (rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, 32))}
+
+  class TinyImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Tensor(shape=(8, 8, 3), dtype=np.uint8), 'label': tfds.features.ClassLabel(num_classes=4)}))
+
+    def _split_generators(self, dl_manager):
+      return {split: self._generate_examples(split) for split in arrays}
+
+    def _generate_examples(self, split):
+      images, labels = arrays[split]
+      for i in range(len(labels)):
+        yield i, {'image': images[i], 'label': int(labels[i])}
+
+  TinyImages(data_dir=str(data_dir), file_format='array_record').download_and_prepare()
+  return arrays
+
+
+def _by_content(images):
+  return np.argsort([image.tobytes() for image in images])
+
+
+def test_reads_a_tfds_array_record_dataset_and_caches_it(tmp_path):
+  arrays = _write_array_record_dataset(tmp_path / 'tfds')
+  config = default.get_config().data
+  config.name, config.data_dir, config.cache_dir = 'tiny_images', str(tmp_path / 'tfds'), str(tmp_path / 'cache')
+  assert data.dataset_available('tiny_images', config.data_dir)
+  dataset = data.load_dataset(config)
+  for (images, labels), (expected_images, expected_labels) in (
+      ((dataset.train_images, dataset.train_labels), arrays['train']),
+      ((dataset.test_images, dataset.test_labels), arrays['test'])):
+    # TFDS stores examples in a hashed order: compare as sets of (image, label) pairs.
+    got, want = _by_content(images), _by_content(expected_images)
+    np.testing.assert_array_equal(images[got], expected_images[want])
+    np.testing.assert_array_equal(labels[got], expected_labels[want])
+  assert dataset.num_classes == 4 and dataset.train_labels.dtype == np.int32
+  assert len(os.listdir(tmp_path / 'cache')) == 2
+  cached = data.load_dataset(config)
+  np.testing.assert_array_equal(cached.train_images, dataset.train_images)
+
+
+def test_a_missing_dataset_says_how_to_prepare_it(tmp_path):
+  config = default.get_config().data
+  config.name, config.data_dir = 'cifar100', str(tmp_path)
+  assert not data.dataset_available('cifar100', str(tmp_path))
+  with pytest.raises(data.DatasetNotFoundError, match='tfds build cifar100 --file_format=array_record'):
+    data.load_dataset(config)
+
+
+@pytest.mark.skipif(not os.environ.get('RPAT_TFDS_DIR'), reason='RPAT_TFDS_DIR (a data_dir with cifar10_jpeg) unset')
+def test_cifar10_jpeg(tmp_path):
+  config = default.get_config().data
+  config.name, config.data_dir, config.cache_dir = 'cifar10_jpeg', os.environ['RPAT_TFDS_DIR'], str(tmp_path)
+  dataset = data.load_dataset(config)
+  assert dataset.train_images.shape == (50000, 32, 32, 3) and dataset.test_images.shape == (10000, 32, 32, 3)
+  assert dataset.num_classes == 10
+  np.testing.assert_array_equal(np.bincount(dataset.train_labels), [5000] * 10)
+  np.testing.assert_array_equal(np.bincount(dataset.test_labels), [1000] * 10)

@@ -1,0 +1,62 @@
+"""Model zoo: parameter counts equal the PyTorch definitions; dtypes, shapes and BatchNorm modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rpat_jax import models
+
+
+def _param_count(name, num_classes=10, size=32, **fields):
+  model = models.create_model(name, num_classes, **fields)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes['params']))
+
+
+@pytest.mark.parametrize('name,fields,expected', [
+    ('preact_resnet18', {}, 11_172_170),  # ReBAT / RPAT_SOTAs PreActResNet18.
+    ('resnet18', {}, 11_173_962),  # Standard BasicBlock ResNet-18 (kuangliu).
+    ('resnet18_bottleneck', {}, 13_958_986),  # RPAT_Benchmarks' "ResNet-18".
+    ('wide_resnet', {}, 46_160_474),  # WRN-34-10.
+    ('wide_resnet', {'depth': 28}, 36_479_194),  # WRN-28-10.
+])
+def test_parameter_counts_match_pytorch(name, fields, expected):
+  assert _param_count(name, **fields) == expected
+  # K=100 only widens the head: (100 - 10) * (features + 1) more parameters.
+  features = {'wide_resnet': 640, 'resnet18_bottleneck': 2048}.get(name, 512)
+  assert _param_count(name, num_classes=100, **fields) == expected + 90 * (features + 1)
+
+
+def test_bottleneck_stem_stride_two_runs_on_64x64_with_the_same_parameters():
+  assert _param_count('resnet18_bottleneck', size=64, stem_stride=2) == 13_958_986
+
+
+@pytest.mark.parametrize('name', ['preact_resnet18', 'resnet18', 'resnet18_bottleneck', 'wide_resnet'])
+def test_outputs_are_float32_logits_even_in_bfloat16(name):
+  model = models.create_model(name, 10, dtype=jnp.bfloat16)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables['params']))
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert out.shape == (2, 10) and out.dtype == jnp.float32
+
+
+def test_small_cnn_forward_and_batchnorm_modes():
+  model = models.create_model('small_cnn', 7, width=4)
+  x = jax.random.uniform(jax.random.key(1), (6, 16, 16, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert logits.shape == (6, 7) and logits.dtype == jnp.float32
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), variables['batch_stats'], updates['batch_stats'])
+  assert all(jax.tree.leaves(changed))  # Train mode moves the running statistics ...
+  first = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(first, model.apply(variables, x, train=False))  # ... eval mode reads them.
+  assert not np.allclose(first, logits)
+  bf16 = models.create_model('small_cnn', 7, width=4, dtype=jnp.bfloat16)
+  np.testing.assert_allclose(bf16.apply(variables, x, train=False), first, atol=0.1, rtol=0.1)
+
+
+def test_unknown_name_lists_the_allowed_ones():
+  with pytest.raises(ValueError, match='allowed: small_cnn, preact_resnet18'):
+    models.create_model('vgg16', 10)
