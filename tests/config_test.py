@@ -14,12 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _resolved(module=smoke, arg=None, **overrides):
   config = threats.resolve(module.get_config(arg) if module is not default else module.get_config())
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for part in path:
-      node = node[part]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -25,10 +25,5 @@ def tiny_config(**overrides):
   config.eval.pgd_steps = 2
   config.log.progress = 'none'
   config = threats.resolve(config)
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for part in path:
-      node = node[part]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
