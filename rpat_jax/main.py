@@ -6,7 +6,6 @@
 Running the same command again resumes from the last checkpoint in `workdir`.
 """
 
-import logging as std_logging
 import sys
 
 import jax
@@ -17,6 +16,7 @@ from ml_collections import config_flags
 
 from rpat_jax import config_validation
 from rpat_jax import data
+from rpat_jax import metrics_log
 from rpat_jax import threats
 from rpat_jax import train
 
@@ -26,17 +26,10 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. c
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _OwnInfoOnly(std_logging.Filter):
-  """Keeps our INFO lines and everyone's warnings; Orbax and JAX log every save and backend probe at INFO."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or '/rpat_jax/' in record.pathname.replace('\\', '/')
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  metrics_log.quiet_library_logs()
   logging.info('process %d of %d; %d local / %d global devices (%s)', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
   config = threats.resolve(_CONFIG.value)

@@ -5,6 +5,7 @@ restored (a run killed between writing a row and finishing the checkpoint would 
 """
 
 import json
+import logging as std_logging
 import os
 import sys
 import time
@@ -12,6 +13,18 @@ from typing import Any, Dict, Optional
 
 import jax
 from absl import logging
+
+
+class _OwnInfoOnly(std_logging.Filter):
+  """Keeps our INFO lines and everyone's warnings: Orbax and JAX log every save and backend probe at INFO."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or '/rpat_jax/' in record.pathname.replace('\\', '/')
+
+
+def quiet_library_logs() -> None:
+  """For the command-line tools: only rpat_jax logs at INFO."""
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
 
 
 class MetricsLog:
