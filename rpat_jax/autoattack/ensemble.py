@@ -1,0 +1,241 @@
+"""The AutoAttack ensemble: clean pass, then each attack on the points still robust.
+
+Follows the official `run_standard_evaluation` (autoattack_spec.md section 1): every attack runs in
+chunks of `batch_size` on the points robust when it starts, in index order; a fresh forward pass on
+the returned images decides who is fooled; a fooled point is never attacked again; robust accuracy
+counts every point, clean-misclassified ones included. Differences, on purpose:
+- Randomness: one key per point, fold_in(seed, attack, index), instead of reseeding torch per chunk;
+  so results do not depend on the batch size or on which points share a chunk.
+- Chunks are padded to `batch_size` so each attack compiles once.
+- The state file (`state_path`) keeps flags, adversarial images and labels after every chunk, written
+  atomically; an interrupted evaluation resumes at the chunk where it stopped (the official state
+  keeps flags only, per attack).
+"""
+
+import json
+import os
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rpat_jax.autoattack import apgd, checks, fab, square
+
+VERSIONS = {
+    'standard': ('apgd-ce', 'apgd-t', 'fab-t', 'square'),
+}
+ATTACKS = ('apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'square')
+DEFAULT_OPTIONS = {
+    'apgd-ce': {'n_iter': 100, 'n_restarts': 1, 'rho': 0.75},
+    'apgd-dlr': {'n_iter': 100, 'n_restarts': 1, 'rho': 0.75},
+    'apgd-t': {'n_iter': 100, 'n_restarts': 1, 'rho': 0.75, 'n_target_classes': 9},
+    'fab-t': {'n_iter': 100, 'n_target_classes': 9, 'alpha_max': 0.1, 'eta': 1.05, 'beta': 0.9},
+    'square': {'n_queries': 5000, 'p_init': 0.8},
+}
+NOT_PORTED = {
+    'plus': "version 'plus' needs untargeted FAB, which is not ported; use version='custom' with "
+            "attacks from " + ', '.join(ATTACKS),
+    'rand': "version 'rand' needs EOT over a randomised model; a JAX logits function is deterministic",
+    'fab': 'untargeted FAB is not ported; use fab-t',
+}
+
+
+def canonical_norm(norm: str) -> str:
+  names = {'linf': 'Linf', 'l2': 'L2'}
+  if norm.lower() not in names:
+    raise ValueError(f'norm={norm!r}; allowed: Linf, L2')
+  return names[norm.lower()]
+
+
+def resolve_attacks(version: str, attacks: Optional[Sequence[str]]) -> tuple:
+  """The attack list for a version; `attacks` only with version 'custom' (as the official code)."""
+  if version in NOT_PORTED:
+    raise ValueError(NOT_PORTED[version])
+  if version == 'custom':
+    if not attacks:
+      raise ValueError("version='custom' needs attacks, e.g. ['apgd-ce', 'apgd-t']")
+    for name in attacks:
+      if name not in ATTACKS:
+        raise ValueError(NOT_PORTED.get(name, f'attack {name!r}; allowed: {", ".join(ATTACKS)}'))
+    return tuple(attacks)
+  if version not in VERSIONS:
+    raise ValueError(f'version={version!r}; allowed: standard, custom')
+  if attacks:
+    raise ValueError(f"attacks are set by version={version!r}; use version='custom' to choose them")
+  return VERSIONS[version]
+
+
+def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict):
+  """A jitted (x, y, indices) -> (x_adv, zero_gradient_points) for one attack of the ensemble."""
+  attack_key = jax.random.fold_in(jax.random.key(seed), ATTACKS.index(name))
+
+  def point_keys(indices):
+    return jax.vmap(lambda i: jax.random.fold_in(attack_key, i))(indices)
+
+  def run(x, y, indices):
+    if name.startswith('apgd'):
+      loss = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr-targeted'}[name]
+      out = apgd.apgd(logits_fn, x, y, point_keys(indices), norm=norm, eps=eps, loss=loss, **options)
+      return out['x_adv'], out['zero_gradient_points']
+    if name == 'fab-t':
+      out = fab.fab_targeted(logits_fn, x, y, norm=norm, eps=eps, **options)
+    else:
+      out = square.square_attack(logits_fn, x, y, point_keys(indices), norm=norm, eps=eps, **options)
+    return out['x_adv'], jnp.zeros((), jnp.int32)
+
+  return jax.jit(run)
+
+
+def _chunks(indices: np.ndarray, batch_size: int):
+  for start in range(0, len(indices), batch_size):
+    yield start // batch_size, indices[start:start + batch_size]
+
+
+def _pad(chunk: np.ndarray, batch_size: int) -> np.ndarray:
+  return np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1])]) if len(chunk) < batch_size else chunk
+
+
+def _perturbation_norm(delta: np.ndarray, norm: str) -> np.ndarray:
+  flat = delta.reshape(len(delta), -1)
+  return np.abs(flat).max(1) if norm == 'Linf' else np.sqrt((flat.astype(np.float64) ** 2).sum(1))
+
+
+class _State:
+  """Everything needed to resume, saved as one .npz written atomically (temp file, then rename)."""
+
+  def __init__(self, path: Optional[str], meta: Dict, x: np.ndarray, clean_pred: np.ndarray, y: np.ndarray):
+    self.path, self.meta = path, meta
+    self.robust = clean_pred == y
+    self.x_adv, self.y_adv = x.copy(), clean_pred.copy()
+    self.attack_position, self.chunk_position = 0, 0
+    self.start_robust = self.robust.copy()
+    self.per_attack: Dict[str, float] = {}
+    self.zero_gradient_points, self.seconds = 0, 0.0
+    if path and os.path.exists(path):
+      self._load()
+
+  def _load(self):
+    with np.load(self.path, allow_pickle=False) as saved:
+      saved_meta = json.loads(str(saved['meta']))
+      if saved_meta != self.meta:
+        changed = sorted(k for k in set(saved_meta) | set(self.meta) if saved_meta.get(k) != self.meta.get(k))
+        raise ValueError(f'{self.path} was written for different settings ({", ".join(changed)}); '
+                         'delete it or use another state path')
+      self.robust, self.x_adv, self.y_adv = saved['robust'], saved['x_adv'], saved['y_adv']
+      self.start_robust = saved['start_robust']
+      self.attack_position, self.chunk_position = int(saved['attack_position']), int(saved['chunk_position'])
+      self.per_attack = json.loads(str(saved['per_attack']))
+      self.zero_gradient_points, self.seconds = int(saved['zero_gradient_points']), float(saved['seconds'])
+
+  def save(self):
+    if not self.path:
+      return
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    temporary = self.path + '.tmp.npz'
+    np.savez(temporary, meta=json.dumps(self.meta), robust=self.robust, x_adv=self.x_adv, y_adv=self.y_adv,
+             start_robust=self.start_robust, attack_position=self.attack_position,
+             chunk_position=self.chunk_position, per_attack=json.dumps(self.per_attack),
+             zero_gradient_points=self.zero_gradient_points, seconds=self.seconds)
+    os.replace(temporary, self.path)
+
+
+def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 255, version: str = 'standard',
+             seed: int = 0, batch_size: int = 500, attacks: Optional[Sequence[str]] = None,
+             attack_options: Optional[Dict[str, Dict]] = None, state_path: Optional[str] = None,
+             log: Callable[[str], None] = lambda message: None) -> Dict:
+  """Standard AutoAttack (or a custom list) on `logits_fn` at (x, y).
+
+  Args:
+    logits_fn: x [B, H, W, C] float32 in [0, 1] -> logits [B, K]; pure (BatchNorm in eval mode).
+    x: [N, H, W, C] images in [0, 1]; y: [N] int labels (numpy or JAX arrays).
+    attack_options: per-attack overrides of DEFAULT_OPTIONS, e.g. {'square': {'n_queries': 1000}}.
+    state_path: an .npz to save progress to after every chunk and resume from.
+
+  Returns a dict: robust [N] bool, x_adv (adversarial where fooled, clean elsewhere), y_adv (the
+  prediction on x_adv), clean_acc, robust_acc, per_attack (robust accuracy after each attack),
+  seconds, flags (the sanity checks), max_perturbation, nan_count.
+  """
+  norm = canonical_norm(norm)
+  names = resolve_attacks(version, attacks)
+  options = {name: dict(DEFAULT_OPTIONS[name]) for name in names}
+  for name, overrides in (attack_options or {}).items():
+    if name not in options:
+      raise ValueError(f'attack_options for {name!r}, which does not run; running: {", ".join(names)}')
+    unknown = set(overrides) - set(DEFAULT_OPTIONS[name])
+    if unknown:
+      raise ValueError(f'{name} options {sorted(unknown)}; allowed: {", ".join(DEFAULT_OPTIONS[name])}')
+    options[name].update(overrides)
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y).astype(np.int32)
+  if x.ndim != 4 or len(x) != len(y) or x.min() < 0 or x.max() > 1:
+    raise ValueError(f'x must be [N, H, W, C] in [0, 1] with one label each; got {x.shape}, {y.shape}')
+  started = time.time()
+  predict = jax.jit(lambda images: jnp.argmax(logits_fn(images), axis=1))
+
+  def predictions(images):
+    out = np.empty(len(images), np.int32)
+    for _, chunk in _chunks(np.arange(len(images)), batch_size):
+      out[chunk] = np.asarray(predict(jnp.asarray(images[_pad(chunk, batch_size)])))[:len(chunk)]
+    return out
+
+  first = x[:batch_size]
+  num_classes = int(np.asarray(logits_fn(jnp.asarray(first[:1]))).shape[1])
+  flags = {'randomized': checks.randomized(logits_fn, first, y[:batch_size]),
+           'range_output': checks.range_output(logits_fn, first),
+           'dynamic': checks.dynamic(),
+           'n_classes': checks.n_classes(num_classes, names, options.get('apgd-t', {}).get('n_target_classes', 9),
+                                         options.get('fab-t', {}).get('n_target_classes', 9))}
+  meta = {'norm': norm, 'eps': float(eps), 'seed': int(seed), 'attacks': list(names), 'options': options,
+          'n_examples': int(len(x)), 'batch_size': int(batch_size)}
+  clean_prediction = predictions(x)
+  state = _State(state_path, meta, x, clean_prediction, y)
+  clean_acc = float((clean_prediction == y).mean())
+  log(f'clean accuracy: {clean_acc:.2%}')
+  seconds_before = state.seconds
+  for position in range(state.attack_position, len(names)):
+    name = names[position]
+    if state.chunk_position == 0:
+      state.start_robust = state.robust.copy()
+    targets = np.nonzero(state.start_robust)[0]
+    attack = make_attack(name, logits_fn, norm=norm, eps=eps, seed=seed, options=options[name])
+    attack_started = time.time()
+    for chunk_index, chunk in _chunks(targets, batch_size):
+      if chunk_index < state.chunk_position:
+        continue
+      padded = _pad(chunk, batch_size)
+      x_found, zero_points = attack(jnp.asarray(x[padded]), jnp.asarray(y[padded]), jnp.asarray(padded, jnp.int32))
+      x_found = np.asarray(x_found)[:len(chunk)]
+      predicted = np.asarray(predict(jnp.asarray(_pad_images(x_found, batch_size))))[:len(chunk)]
+      fooled = predicted != y[chunk]
+      state.robust[chunk[fooled]] = False
+      state.x_adv[chunk[fooled]], state.y_adv[chunk[fooled]] = x_found[fooled], predicted[fooled]
+      state.zero_gradient_points = max(state.zero_gradient_points, int(zero_points))
+      state.chunk_position = chunk_index + 1
+      state.seconds = seconds_before + time.time() - started
+      state.save()
+    state.per_attack[name] = float(state.robust.mean())
+    state.attack_position, state.chunk_position = position + 1, 0
+    state.save()
+    log(f'robust accuracy after {name}: {state.per_attack[name]:.2%} ({time.time() - attack_started:.1f} s)')
+    if not state.robust.any():
+      for rest in names[position + 1:]:
+        state.per_attack[rest] = 0.0
+      break
+  flags['zero_gradients'] = checks.zero_gradients(state.zero_gradient_points)
+  flags['square_success'] = checks.square_success(state.per_attack, clean_acc)
+  perturbation = _perturbation_norm(state.x_adv - x, norm)
+  result = {'robust': state.robust, 'x_adv': state.x_adv, 'y_adv': state.y_adv, 'clean_acc': clean_acc,
+            'robust_acc': float(state.robust.mean()), 'per_attack': dict(state.per_attack),
+            'seconds': seconds_before + time.time() - started, 'flags': flags,
+            'max_perturbation': float(perturbation.max()), 'nan_count': int(np.isnan(state.x_adv).sum())}
+  log(f'robust accuracy: {result["robust_acc"]:.2%}; max {norm} perturbation {result["max_perturbation"]:.5f}, '
+      f'nan {result["nan_count"]}, x_adv in [{state.x_adv.min():.3f}, {state.x_adv.max():.3f}]')
+  return result
+
+
+def _pad_images(images: np.ndarray, batch_size: int) -> np.ndarray:
+  if len(images) == batch_size:
+    return images
+  return np.concatenate([images, np.repeat(images[-1:], batch_size - len(images), axis=0)])

@@ -1,0 +1,171 @@
+"""Evaluates a checkpoint written by `rpat_jax.main`: clean, PGD-20, CW-20 and AutoAttack accuracy.
+
+  python -m rpat_jax.evaluate --config=configs/prn18.py --workdir=runs/prn18_rpat
+  python -m rpat_jax.evaluate --config=configs/prn18.py --workdir=runs/prn18_rpat --checkpoint=last \
+      --n_examples=1000 --aa_version=custom --attacks=apgd-ce,apgd-t
+
+Results go to `workdir/eval/results.json` and `results.md`. AutoAttack saves its progress after every
+chunk to `workdir/eval/aa_state_<checkpoint>.npz`: running the same command again resumes it.
+The threat model (norm, eps; PGD/CW step size) is the config's `attack.*`; the model runs in float32
+unless `--bf16`.
+"""
+
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from rpat_jax import attacks, autoattack, config_validation, data, metrics_log, optim, steps, threats
+from rpat_jax.autoattack import losses
+from rpat_jax.checkpointing import Checkpoints
+from rpat_jax.forward import Forward
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.', lock_config=False)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run directory (its checkpoints).')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'last', or an epoch number.")
+_N_EXAMPLES = flags.DEFINE_integer('n_examples', 10000, 'Evaluate the first N test points (0 = all).')
+_AA_VERSION = flags.DEFINE_string('aa_version', 'standard', 'AutoAttack version: standard or custom.')
+_ATTACKS = flags.DEFINE_list('attacks', None, 'With --aa_version=custom: e.g. apgd-ce,apgd-t.')
+_AA_OPTIONS = flags.DEFINE_string('aa_options', None,
+                                  'JSON per-attack overrides, e.g. \'{"square": {"n_queries": 1000}}\'.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 500, 'Points per compiled attack call.')
+_SEED = flags.DEFINE_integer('seed', 0, 'AutoAttack and PGD seed.')
+_VARIABLES = flags.DEFINE_string('variables', None, 'Evaluate these Flax variables (a directory written by '
+                                 '`python -m rpat_jax.convert --to=DIR`) instead of a training checkpoint.')
+_BF16 = flags.DEFINE_bool('bf16', False, 'Run the model in bfloat16 (float32 is the default and the reference).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+PGD_STEPS = 20
+
+
+def restore_variables(config, workdir: str, checkpoint: str, num_classes: int, image_shape, variables_dir=None):
+  """(forward, params, batch_stats, epoch) of a training checkpoint, or of converted variables (epoch None)."""
+  forward = Forward.from_config(config.model, num_classes)
+  if variables_dir:
+    from rpat_jax import convert  # pylint: disable=g-import-not-at-top (defines the converter's flags)
+    variables = convert.load_variables(variables_dir)
+    return forward, variables['params'], variables['batch_stats'], None
+  tx = optim.make_optimizer(config, steps_per_epoch=1)
+  target = jax.jit(lambda: steps.create_train_state(config, forward, tx, image_shape))()
+  which, epoch = (checkpoint, None) if checkpoint in ('best', 'last') else ('last', int(checkpoint))
+  state, meta = Checkpoints(workdir, keep=config.checkpoint.keep).restore(target, which=which, epoch=epoch)
+  return forward, state.params, state.batch_stats, int(meta['epoch'])
+
+
+def _batched_accuracy(fn, x, y, batch_size):
+  """Mean of fn(x_batch, y_batch, index) -> bool [B] over padded batches (one compile)."""
+  correct = np.zeros(len(x), bool)
+  for start in range(0, len(x), batch_size):
+    index = np.arange(start, min(start + batch_size, len(x)))
+    padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
+    correct[index] = np.asarray(fn(jnp.asarray(x[padded]), jnp.asarray(y[padded]), start))[:len(index)]
+  return float(correct.mean())
+
+
+def pgd_accuracies(logits_fn, x, y, attack_config, batch_size: int, seed: int):
+  """Clean, PGD-20 (cross-entropy) and CW-20 (margin loss) accuracy with the training threat."""
+  key = jax.random.key(seed)
+  hyper = dict(norm=attack_config.norm, eps=attack_config.eps, step_size=attack_config.step_size, steps=PGD_STEPS)
+
+  @functools.partial(jax.jit, static_argnames='loss')
+  def robust(xb, yb, start, loss):
+    loss_fn = attacks.cross_entropy_sum if loss == 'ce' else losses.cw_loss_sum
+    x_adv = attacks.pgd(logits_fn, jax.random.fold_in(key, start), xb, yb, loss_fn=loss_fn, **hyper)
+    return jnp.argmax(logits_fn(x_adv), -1) == yb
+
+  clean = jax.jit(lambda xb, yb, start: jnp.argmax(logits_fn(xb), -1) == yb)
+  return (_batched_accuracy(clean, x, y, batch_size),
+          _batched_accuracy(functools.partial(robust, loss='ce'), x, y, batch_size),
+          _batched_accuracy(functools.partial(robust, loss='cw'), x, y, batch_size))
+
+
+def summary(clean: float, robust: float):
+  """Mean = (C + A) / 2 and NRR = 2CA / (C + A), the paper's trade-off numbers."""
+  return (clean + robust) / 2, (2 * clean * robust / (clean + robust)) if clean + robust > 0 else 0.0
+
+
+def markdown_table(results) -> str:
+  rows = [('Clean', results['clean_acc']), ('PGD-20', results['pgd20_acc']), ('CW-20', results['cw20_acc']),
+          ('AA', results['aa_acc']), ('Mean', results['mean']), ('NRR', results['nrr'])]
+  lines = ['| metric | % |', '|---|---|'] + [f'| {name} | {100 * value:.2f} |' for name, value in rows]
+  source = (f"checkpoint epoch {results['checkpoint_step']} ({results['checkpoint']})"
+            if results['checkpoint_step'] is not None else 'converted variables')
+  lines += ['', f"{results['n_examples']} test points, {source}, {results['norm']} eps {results['eps']:.5f}, "
+            f"AutoAttack {results['aa_version']} ({', '.join(results['per_attack'])}), {results['seconds']:.1f} s."]
+  lines += ['', '| after attack | robust % |', '|---|---|']
+  lines += [f'| {name} | {100 * value:.2f} |' for name, value in results['per_attack'].items()]
+  raised = [f"{name}: {flag['detail']}" for name, flag in results['flags'].items() if flag['raised']]
+  lines += ['', 'Sanity checks: ' + ('; '.join(raised) if raised else 'none raised') + '.']
+  return '\n'.join(lines) + '\n'
+
+
+def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000, aa_version: str = 'standard',
+        attack_names=None, aa_options=None, batch_size: int = 500, seed: int = 0, bf16: bool = False,
+        variables_dir=None):
+  """Evaluates and writes workdir/eval/results.{json,md}; returns the results dict."""
+  started = time.time()
+  config = threats.resolve(config)
+  config_validation.validate(config, jax.device_count())
+  autoattack.ensemble.resolve_attacks(aa_version, attack_names)  # Bad attack names fail before any work.
+  dataset = data.load_dataset(config.data)
+  x_all, y_all = dataset.test_images, dataset.test_labels
+  count = len(x_all) if n_examples <= 0 else min(n_examples, len(x_all))
+  x = x_all[:count].astype(np.float32) / 255.0
+  y = y_all[:count].astype(np.int32)
+  with config.unlocked():
+    config.model.dtype = 'bfloat16' if bf16 else 'float32'
+  forward, params, batch_stats, epoch = restore_variables(config, workdir, checkpoint, dataset.num_classes,
+                                                          x.shape[1:], variables_dir)
+  if variables_dir:
+    checkpoint = 'variables'
+  logits_fn = lambda images: forward.eval_logits(params, batch_stats, images).astype(jnp.float32)
+  batch_size = min(batch_size, count)
+  clean_acc, pgd20_acc, cw20_acc = pgd_accuracies(logits_fn, x, y, config.attack, batch_size, seed)
+  logging.info('clean %.4f, PGD-20 %.4f, CW-20 %.4f on %d points', clean_acc, pgd20_acc, cw20_acc, count)
+  out_dir = os.path.join(workdir, 'eval')
+  os.makedirs(out_dir, exist_ok=True)
+  aa = autoattack.evaluate(logits_fn, x, y, norm=config.attack.norm, eps=config.attack.eps, version=aa_version,
+                           seed=seed, batch_size=batch_size, attacks=attack_names, attack_options=aa_options,
+                           state_path=os.path.join(out_dir, f'aa_state_{checkpoint}.npz'), log=logging.info)
+  mean, nrr = summary(clean_acc, aa['robust_acc'])
+  results = {'clean_acc': clean_acc, 'pgd20_acc': pgd20_acc, 'cw20_acc': cw20_acc, 'aa_acc': aa['robust_acc'],
+             'mean': mean, 'nrr': nrr, 'n_examples': count, 'checkpoint': checkpoint, 'checkpoint_step': epoch,
+             'per_attack': aa['per_attack'], 'seconds': time.time() - started, 'aa_seconds': aa['seconds'],
+             'flags': aa['flags'], 'norm': config.attack.norm, 'eps': float(config.attack.eps),
+             'aa_version': aa_version, 'max_perturbation': aa['max_perturbation'], 'nan_count': aa['nan_count'],
+             'model': config.model.name, 'dtype': config.model.dtype, 'seed': seed}
+  temporary = os.path.join(out_dir, 'results.json.tmp')
+  with open(temporary, 'w') as f:
+    json.dump(results, f, indent=2)
+  os.replace(temporary, os.path.join(out_dir, 'results.json'))
+  with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+    f.write(markdown_table(results))
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  metrics_log.quiet_library_logs()
+  try:
+    options = json.loads(_AA_OPTIONS.value) if _AA_OPTIONS.value else None
+    results = run(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _N_EXAMPLES.value, _AA_VERSION.value,
+                  _ATTACKS.value, options, _BATCH_SIZE.value, _SEED.value, _BF16.value, _VARIABLES.value)
+  except (config_validation.ConfigError, data.DatasetNotFoundError, FileNotFoundError, ValueError,
+          json.JSONDecodeError) as error:
+    print(f'rpat_jax.evaluate: error: {error}', file=sys.stderr)
+    sys.exit(2)
+  print(markdown_table(results), end='')
+
+
+if __name__ == '__main__':
+  app.run(main)

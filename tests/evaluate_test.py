@@ -1,0 +1,50 @@
+"""The evaluation binary on a checkpoint written by the training loop."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, tiny_config
+from rpat_jax import evaluate, train
+
+SMALL_AA = {'apgd-ce': {'n_iter': 5}, 'apgd-t': {'n_iter': 5, 'n_target_classes': 3},
+            'fab-t': {'n_iter': 5, 'n_target_classes': 3}, 'square': {'n_queries': 20}}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  config = tiny_config(epochs=1)
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_results_have_every_number_and_agree_with_each_other(trained):
+  config, workdir = trained
+  results = evaluate.run(config, workdir, n_examples=48, aa_options=SMALL_AA, batch_size=32)
+  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+    saved = json.load(f)
+  for key in ('clean_acc', 'pgd20_acc', 'cw20_acc', 'aa_acc', 'mean', 'nrr', 'n_examples', 'checkpoint_step',
+              'per_attack', 'seconds', 'flags'):
+    assert key in saved, key
+  assert saved['n_examples'] == 48 and saved['checkpoint_step'] == 1
+  assert list(saved['per_attack']) == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+  clean, robust = saved['clean_acc'], saved['aa_acc']
+  assert robust <= clean and saved['pgd20_acc'] <= clean and saved['cw20_acc'] <= clean
+  assert saved['mean'] == pytest.approx((clean + robust) / 2)
+  assert saved['nrr'] == pytest.approx(2 * clean * robust / (clean + robust) if clean + robust else 0.0)
+  assert results['aa_acc'] == saved['aa_acc']
+  table = open(os.path.join(workdir, 'eval', 'results.md')).read()
+  assert '| AA |' in table and '| NRR |' in table and 'checkpoint epoch 1' in table
+
+
+def test_cli_rejects_unknown_attacks_with_one_line(tmp_path):
+  workdir = str(tmp_path)
+  proc = subprocess.run([sys.executable, '-m', 'rpat_jax.evaluate', '--config=configs/smoke.py',
+                         f'--workdir={workdir}', '--aa_version=custom', '--attacks=apgd-ce,fab'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith('rpat_jax.evaluate: error: untargeted FAB')
