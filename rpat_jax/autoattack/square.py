@@ -36,6 +36,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from rpat_jax.autoattack.losses import margin  # z_y - max_{j != y} z_j; <= 0 counts as fooled.
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 NORMS = ('Linf', 'L2')
 # Iterations after which p halves. AutoAttack's resc_schedule=False makes them absolute numbers.
@@ -121,14 +123,6 @@ def _l2_norm(v: jax.Array) -> jax.Array:
 def _channel_norm(v: jax.Array) -> jax.Array:
   """[C]: L2 norm of each channel of one [H, W, C] image."""
   return jnp.sqrt(jnp.sum(v**2, axis=(0, 1)))
-
-
-def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
-  """[B]: z_y - max_{j != y} z_j; <= 0 counts as fooled inside the attack."""
-  logits = logits.astype(jnp.float32)
-  is_label = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
-  true_logit = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
-  return true_logit - jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
 
 
 def _l2_tiling(height: int, width: int):
