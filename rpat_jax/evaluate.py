@@ -33,8 +33,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the run wa
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run directory (its checkpoints).')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'last', or an epoch number.")
 _N_EXAMPLES = flags.DEFINE_integer('n_examples', 10000, 'Evaluate the first N test points (0 = all).')
-_AA_VERSION = flags.DEFINE_string('aa_version', 'standard', 'AutoAttack version: standard or custom.')
-_ATTACKS = flags.DEFINE_list('attacks', None, 'With --aa_version=custom: e.g. apgd-ce,apgd-t.')
+_AA_VERSION = flags.DEFINE_string('aa_version', 'standard', 'AutoAttack version: standard, plus or custom.')
+_ATTACKS = flags.DEFINE_list('attacks', None, 'With --aa_version=custom: any of apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square.')
 _AA_OPTIONS = flags.DEFINE_string('aa_options', None,
                                   'JSON per-attack overrides, e.g. \'{"square": {"n_queries": 1000}}\'.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 500, 'Points per compiled attack call.')

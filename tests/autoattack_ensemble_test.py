@@ -23,11 +23,35 @@ def problem():
 def test_versions_and_attack_names_are_checked_before_any_work():
   assert ensemble.resolve_attacks('standard', None) == ('apgd-ce', 'apgd-t', 'fab-t', 'square')
   assert ensemble.resolve_attacks('custom', ['square', 'apgd-ce']) == ('square', 'apgd-ce')
-  for version, attacks, message in (('plus', None, 'untargeted FAB'), ('custom', None, 'needs attacks'),
+  assert ensemble.resolve_attacks('plus', None) == ('apgd-ce', 'apgd-dlr', 'fab', 'square', 'apgd-t', 'fab-t')
+  for version, attacks, message in (('rand', None, 'EOT'), ('custom', None, 'needs attacks'),
                                     ('custom', ['apgd-x'], 'allowed'), ('standard', ['apgd-ce'], 'custom'),
-                                    ('fast', None, 'allowed: standard, custom'), ('custom', ['fab'], 'fab-t')):
+                                    ('fast', None, 'allowed: standard, plus, custom')):
     with pytest.raises(ValueError, match=message):
       ensemble.resolve_attacks(version, attacks)
+  with pytest.raises(ValueError, match='allowed: n_iter'):
+    ensemble.resolve_options('standard', ['apgd-ce'], {'apgd-ce': {'steps': 3}})
+
+
+def test_each_version_runs_with_the_official_hyperparameters():
+  restarts = lambda version, name: ensemble.resolve_options(version, [name])[name]['n_restarts']
+  assert restarts('standard', 'apgd-ce') == 1 and restarts('plus', 'apgd-ce') == 5
+  assert restarts('custom', 'apgd-ce') == 5 and restarts('plus', 'fab') == 5  # The official constructor's.
+  assert restarts('plus', 'apgd-t') == 1
+  options = ensemble.resolve_options('standard', ensemble.VERSIONS['standard'], {'square': {'n_queries': 7}})
+  assert options['square'] == {'n_queries': 7, 'p_init': 0.8}
+  assert options['fab-t']['n_target_classes'] == 9 and options['apgd-t']['n_iter'] == 100
+
+
+def test_plus_version_runs_every_attack_in_order(problem):
+  _, logits_fn, x, y = problem
+  tiny = {'apgd-ce': {'n_iter': 5, 'n_restarts': 2}, 'apgd-dlr': {'n_iter': 5, 'n_restarts': 2},
+          'fab': {'n_iter': 5, 'n_restarts': 2}, 'square': {'n_queries': 20},
+          'apgd-t': {'n_iter': 5, 'n_target_classes': 2}, 'fab-t': {'n_iter': 5, 'n_target_classes': 2}}
+  result = ensemble.evaluate(logits_fn, x[:40], y[:40], eps=8 / 255, version='plus', batch_size=40,
+                             attack_options=tiny)
+  assert list(result['per_attack']) == list(ensemble.VERSIONS['plus'])
+  assert result['robust_acc'] < result['clean_acc'] and result['max_perturbation'] <= 8 / 255 + 1e-6
 
 
 def test_bookkeeping_counts_every_point_and_keeps_the_adversarials(problem):
@@ -52,7 +76,7 @@ def test_bookkeeping_counts_every_point_and_keeps_the_adversarials(problem):
 
 def test_flags_do_not_depend_on_the_batch_size(problem):
   _, logits_fn, x, y = problem
-  options = {'apgd-ce': {'n_iter': 10}, 'square': {'n_queries': 50}}
+  options = {'apgd-ce': {'n_iter': 10, 'n_restarts': 1}, 'square': {'n_queries': 50}}
   run = lambda batch_size: ensemble.evaluate(logits_fn, x, y, eps=1 / 255, version='custom',
                                              attacks=['apgd-ce', 'square'], batch_size=batch_size,
                                              attack_options=options)
@@ -62,7 +86,8 @@ def test_flags_do_not_depend_on_the_batch_size(problem):
 def test_an_interrupted_evaluation_resumes_where_it_stopped(problem, tmp_path, monkeypatch):
   _, logits_fn, x, y = problem
   kwargs = dict(eps=1 / 255, version='custom', attacks=['apgd-ce', 'apgd-t'], batch_size=32,
-                attack_options={'apgd-ce': {'n_iter': 10}, 'apgd-t': {'n_iter': 10, 'n_target_classes': 3}})
+                attack_options={'apgd-ce': {'n_iter': 10, 'n_restarts': 1},
+                                'apgd-t': {'n_iter': 10, 'n_target_classes': 3}})
   whole = ensemble.evaluate(logits_fn, x, y, **kwargs)
   state_path = str(tmp_path / 'state.npz')
   real_make_attack = ensemble.make_attack

@@ -44,7 +44,7 @@ def test_results_have_every_number_and_agree_with_each_other(trained):
 def test_cli_rejects_unknown_attacks_with_one_line(tmp_path):
   workdir = str(tmp_path)
   proc = subprocess.run([sys.executable, '-m', 'rpat_jax.evaluate', '--config=configs/smoke.py',
-                         f'--workdir={workdir}', '--aa_version=custom', '--attacks=apgd-ce,fab'],
+                         f'--workdir={workdir}', '--aa_version=custom', '--attacks=apgd-ce,apgd-x'],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith('rpat_jax.evaluate: error: untargeted FAB')
+  assert proc.stderr.strip().splitlines()[-1].startswith("rpat_jax.evaluate: error: attack 'apgd-x'; allowed")

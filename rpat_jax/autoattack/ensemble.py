@@ -6,7 +6,8 @@ the returned images decides who is fooled; a fooled point is never attacked agai
 counts every point, clean-misclassified ones included. Differences, on purpose:
 - Randomness: one key per point, fold_in(seed, attack, index), instead of reseeding torch per chunk;
   so results do not depend on the batch size or on which points share a chunk.
-- Chunks are padded to `batch_size` so each attack compiles once.
+- Chunks have fixed shapes: a full chunk is `batch_size` points, the last one is padded to a multiple
+  of batch_size / 8; so each attack compiles at most twice and wastes at most 1/8 of a batch.
 - The state file (`state_path`) keeps flags, adversarial images and labels after every chunk, written
   atomically; an interrupted evaluation resumes at the chunk where it stopped (the official state
   keeps flags only, per attack).
@@ -25,20 +26,27 @@ from rpat_jax.autoattack import apgd, checks, fab, square
 
 VERSIONS = {
     'standard': ('apgd-ce', 'apgd-t', 'fab-t', 'square'),
+    'plus': ('apgd-ce', 'apgd-dlr', 'fab', 'square', 'apgd-t', 'fab-t'),
 }
-ATTACKS = ('apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'square')
+ATTACKS = ('apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'square', 'fab')  # The index keys each attack's randomness.
+# The official AutoAttack constructor's settings, which version='custom' runs with ...
 DEFAULT_OPTIONS = {
-    'apgd-ce': {'n_iter': 100, 'n_restarts': 1, 'rho': 0.75},
-    'apgd-dlr': {'n_iter': 100, 'n_restarts': 1, 'rho': 0.75},
+    'apgd-ce': {'n_iter': 100, 'n_restarts': 5, 'rho': 0.75},
+    'apgd-dlr': {'n_iter': 100, 'n_restarts': 5, 'rho': 0.75},
     'apgd-t': {'n_iter': 100, 'n_restarts': 1, 'rho': 0.75, 'n_target_classes': 9},
+    'fab': {'n_iter': 100, 'n_restarts': 5, 'alpha_max': 0.1, 'eta': 1.05, 'beta': 0.9},
     'fab-t': {'n_iter': 100, 'n_target_classes': 9, 'alpha_max': 0.1, 'eta': 1.05, 'beta': 0.9},
     'square': {'n_queries': 5000, 'p_init': 0.8},
 }
+# ... and what each version changes (the official `_set_version`, Linf and L2).
+VERSION_OPTIONS = {
+    'standard': {'apgd-ce': {'n_restarts': 1}},
+    'plus': {},
+    'custom': {},
+}
 NOT_PORTED = {
-    'plus': "version 'plus' needs untargeted FAB, which is not ported; use version='custom' with "
-            "attacks from " + ', '.join(ATTACKS),
-    'rand': "version 'rand' needs EOT over a randomised model; a JAX logits function is deterministic",
-    'fab': 'untargeted FAB is not ported; use fab-t',
+    'rand': "version 'rand' needs EOT over a randomised model; a JAX logits function is deterministic "
+            "(use version='custom' with apgd-ce,apgd-dlr for a deterministic model)",
 }
 
 
@@ -61,10 +69,23 @@ def resolve_attacks(version: str, attacks: Optional[Sequence[str]]) -> tuple:
         raise ValueError(NOT_PORTED.get(name, f'attack {name!r}; allowed: {", ".join(ATTACKS)}'))
     return tuple(attacks)
   if version not in VERSIONS:
-    raise ValueError(f'version={version!r}; allowed: standard, custom')
+    raise ValueError(f'version={version!r}; allowed: standard, plus, custom')
   if attacks:
     raise ValueError(f"attacks are set by version={version!r}; use version='custom' to choose them")
   return VERSIONS[version]
+
+
+def resolve_options(version: str, names: Sequence[str], overrides: Optional[Dict[str, Dict]] = None) -> Dict:
+  """Each attack's hyperparameters: the official defaults, the version's changes, then `overrides`."""
+  options = {name: {**DEFAULT_OPTIONS[name], **VERSION_OPTIONS[version].get(name, {})} for name in names}
+  for name, changes in (overrides or {}).items():
+    if name not in options:
+      raise ValueError(f'attack_options for {name!r}, which does not run; running: {", ".join(names)}')
+    unknown = set(changes) - set(DEFAULT_OPTIONS[name])
+    if unknown:
+      raise ValueError(f'{name} options {sorted(unknown)}; allowed: {", ".join(DEFAULT_OPTIONS[name])}')
+    options[name].update(changes)
+  return options
 
 
 def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict):
@@ -81,6 +102,8 @@ def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: 
       return out['x_adv'], out['zero_gradient_points']
     if name == 'fab-t':
       out = fab.fab_targeted(logits_fn, x, y, norm=norm, eps=eps, **options)
+    elif name == 'fab':
+      out = fab.fab_untargeted(logits_fn, x, y, point_keys(indices), norm=norm, eps=eps, **options)
     else:
       out = square.square_attack(logits_fn, x, y, point_keys(indices), norm=norm, eps=eps, **options)
     return out['x_adv'], jnp.zeros((), jnp.int32)
@@ -93,8 +116,15 @@ def _chunks(indices: np.ndarray, batch_size: int):
     yield start // batch_size, indices[start:start + batch_size]
 
 
+def _padded_size(count: int, batch_size: int) -> int:
+  step = max(1, batch_size // 8)
+  return min(batch_size, -(-count // step) * step)
+
+
 def _pad(chunk: np.ndarray, batch_size: int) -> np.ndarray:
-  return np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1])]) if len(chunk) < batch_size else chunk
+  """The chunk's indices, the last one repeated up to `_padded_size` (results for the copies are dropped)."""
+  size = _padded_size(len(chunk), batch_size)
+  return np.concatenate([chunk, np.full(size - len(chunk), chunk[-1])]) if len(chunk) < size else chunk
 
 
 def _perturbation_norm(delta: np.ndarray, norm: str) -> np.ndarray:
@@ -150,7 +180,9 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   Args:
     logits_fn: x [B, H, W, C] float32 in [0, 1] -> logits [B, K]; pure (BatchNorm in eval mode).
     x: [N, H, W, C] images in [0, 1]; y: [N] int labels (numpy or JAX arrays).
-    attack_options: per-attack overrides of DEFAULT_OPTIONS, e.g. {'square': {'n_queries': 1000}}.
+    version: 'standard', 'plus' or 'custom' (then `attacks` lists them: apgd-ce, apgd-dlr, apgd-t,
+      fab, fab-t, square), with the official hyperparameters of each (DEFAULT_OPTIONS, VERSION_OPTIONS).
+    attack_options: per-attack overrides, e.g. {'square': {'n_queries': 1000}}.
     state_path: an .npz to save progress to after every chunk and resume from.
 
   Returns a dict: robust [N] bool, x_adv (adversarial where fooled, clean elsewhere), y_adv (the
@@ -159,14 +191,7 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   """
   norm = canonical_norm(norm)
   names = resolve_attacks(version, attacks)
-  options = {name: dict(DEFAULT_OPTIONS[name]) for name in names}
-  for name, overrides in (attack_options or {}).items():
-    if name not in options:
-      raise ValueError(f'attack_options for {name!r}, which does not run; running: {", ".join(names)}')
-    unknown = set(overrides) - set(DEFAULT_OPTIONS[name])
-    if unknown:
-      raise ValueError(f'{name} options {sorted(unknown)}; allowed: {", ".join(DEFAULT_OPTIONS[name])}')
-    options[name].update(overrides)
+  options = resolve_options(version, names, attack_options)
   x = np.asarray(x, np.float32)
   y = np.asarray(y).astype(np.int32)
   if x.ndim != 4 or len(x) != len(y) or x.min() < 0 or x.max() > 1:
@@ -236,6 +261,7 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
 
 
 def _pad_images(images: np.ndarray, batch_size: int) -> np.ndarray:
-  if len(images) == batch_size:
+  size = _padded_size(len(images), batch_size)
+  if len(images) == size:
     return images
-  return np.concatenate([images, np.repeat(images[-1:], batch_size - len(images), axis=0)])
+  return np.concatenate([images, np.repeat(images[-1:], size - len(images), axis=0)])
