@@ -14,7 +14,8 @@ from ml_collections import config_dict
 
 def get_config():
   config = ml_collections.ConfigDict()
-  config.method = 'pgd_at'  # The base adversarial-training objective; RPAT is added on top by `rpat`.
+  config.method = 'pgd_at'  # The base adversarial-training objective: pgd_at, trades, mart; RPAT adds to it.
+  config.beta = 6.0  # TRADES / MART weight of the KL term ([B] --beta, shared by both as there).
   config.epochs = 110
   config.batch_size = 128  # Global batch over all devices.
   config.seed = 0

@@ -97,6 +97,37 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, *,
   return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
 
 
+def _renorm_l2(delta: jax.Array, eps: float) -> jax.Array:
+  """PyTorch's `renorm(p=2, dim=0, maxnorm=eps)`: examples longer than eps are scaled to eps (+1e-7)."""
+  norm = _per_example_l2(delta)
+  return jnp.where(norm > eps, delta * (eps / (norm + 1e-7)), delta)
+
+
+def small_noise_pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array,
+                    loss_fn: Callable[[jax.Array], jax.Array], *, norm: str, eps: float, step_size: float,
+                    steps: int) -> jax.Array:
+  """The TRADES / MART inner maximisation of the official code (adv_lib/trades.py, adv_lib/mart.py).
+
+  Starts at x + 0.001 N(0, 1) (not clipped) and ascends `loss_fn(logits) -> scalar`. Linf: sign step,
+  project onto the eps-box, clip to [0, 1]. L2: step along g / (|g|_2 + 1e-8), renorm delta to eps, clip.
+  """
+  if norm not in ('linf', 'l2'):
+    raise ValueError(f'norm={norm!r}; allowed: linf, l2')
+  x = jax.lax.stop_gradient(x)
+  grad_fn = jax.grad(lambda z: loss_fn(logits_fn(z)))
+
+  def step(_, x_adv):
+    grad = grad_fn(x_adv)
+    if norm == 'linf':
+      x_adv = jnp.clip(x_adv + step_size * jnp.sign(grad), x - eps, x + eps)
+    else:
+      x_adv = x + _renorm_l2(x_adv + step_size * grad / (_per_example_l2(grad) + 1e-8) - x, eps)
+    return jnp.clip(x_adv, 0.0, 1.0)
+
+  x_start = x + 0.001 * jax.random.normal(key, x.shape, x.dtype)
+  return jax.lax.stop_gradient(jnp.clip(jax.lax.fori_loop(0, steps, step, x_start), 0.0, 1.0))
+
+
 def fgsm(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps: float,
          loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_sum) -> jax.Array:
   """One Linf step of size eps from x (Goodfellow et al.): x + eps * sign(grad), clipped to [0, 1]."""

@@ -12,7 +12,7 @@ from rpat_jax import data
 from rpat_jax import models
 from rpat_jax import threats
 
-METHODS = ('pgd_at',)
+METHODS = ('pgd_at', 'trades', 'mart')
 DTYPES = ('float32', 'bfloat16')
 BN_MODES = ('eval', 'train')
 RPAT_FORMS = ('code', 'paper')
@@ -53,6 +53,8 @@ def _budget(key: str, value, norm: str):
 def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   """Raises ConfigError for the first problem in a config resolved by `threats.resolve`."""
   _choice('method', config.method, METHODS)
+  _require(isinstance(config.beta, (int, float)) and config.beta >= 0,
+           f'beta={config.beta!r} must be a number >= 0 (the TRADES / MART weight)')
   _positive('epochs', config.epochs, int)
   _positive('batch_size', config.batch_size, int)
   _require(config.batch_size % device_count == 0,
@@ -85,6 +87,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   _require(isinstance(config.rpat.lam, (int, float)) and config.rpat.lam >= 0,
            f'rpat.lam={config.rpat.lam!r} must be a number >= 0')
   _choice('rpat.form', config.rpat.form, RPAT_FORMS)
+  _require(not config.rpat.fused_forward or config.method == 'pgd_at',
+           f'rpat.fused_forward=True with method={config.method!r}; allowed: only with method=pgd_at')
 
   _positive('optimizer.lr', config.optimizer.lr)
   _choice('schedule.name', config.schedule.name, SCHEDULES)

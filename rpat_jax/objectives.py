@@ -72,3 +72,39 @@ def paper_lambda_to_code(lam_paper: float, rate: float) -> float:
   """The code-form lambda that gives the same loss as `lam_paper` in the seed form at rate r."""
   a = 1.0 - rate
   return lam_paper / (a * (1.0 - a)) ** 2
+
+
+def kl_terms(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
+  """[B, K] elementwise KL(p_target || p) terms, p = softmax: PyTorch's `kl_div(log_softmax(logits),
+  softmax(target_logits), reduction='none')`. Gradients flow through both sides."""
+  target = jax.nn.softmax(target_logits.astype(jnp.float32), axis=-1)
+  return jax.scipy.special.xlogy(target, target) - target * jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+
+
+def trades_loss(z_clean: jax.Array, z_adv: jax.Array, z_target: jax.Array, labels: jax.Array, beta: float):
+  """TRADES (Zhang et al. 2019) as RPAT_Benchmarks computes it; returns (total, ce, kl).
+
+  CE(z(x), y) + beta * KL(softmax z_target || softmax z(x')), batch mean. z_target is the logits of a
+  second train-mode forward of x (the official code's KL target; not detached).
+  """
+  ce = cross_entropy(z_clean, labels)
+  kl = jnp.sum(kl_terms(z_target, z_adv)) / z_adv.shape[0]
+  return ce + beta * kl, ce, kl
+
+
+def mart_loss(z_clean: jax.Array, z_adv: jax.Array, labels: jax.Array, beta: float):
+  """MART (Wang et al. 2020) as the official code computes it; returns (total, adversarial, robust).
+
+  adversarial = CE(z(x'), y) - mean log(1.0001 - p_hat(x') + 1e-12), p_hat the most probable wrong class;
+  robust = (1/B) sum_i KL(p(x_i) || p(x'_i)) (1.0000001 - p_y(x_i)), with log(p(x') + 1e-12).
+  """
+  adv_probs = jax.nn.softmax(z_adv.astype(jnp.float32), axis=-1)
+  top_two = jnp.argsort(adv_probs, axis=-1)[:, -2:]
+  wrong = jnp.where(top_two[:, -1] == labels, top_two[:, -2], top_two[:, -1])
+  wrong_prob = jnp.take_along_axis(adv_probs, wrong[:, None], axis=-1)[:, 0]
+  adversarial = cross_entropy(z_adv, labels) - jnp.mean(jnp.log(1.0001 - wrong_prob + 1e-12))
+  clean_probs = jax.nn.softmax(z_clean.astype(jnp.float32), axis=-1)
+  true_prob = jnp.take_along_axis(clean_probs, labels[:, None], axis=-1)[:, 0]
+  kl = jnp.sum(jax.scipy.special.xlogy(clean_probs, clean_probs) - clean_probs * jnp.log(adv_probs + 1e-12), -1)
+  robust = jnp.sum(kl * (1.0000001 - true_prob)) / z_adv.shape[0]
+  return adversarial + beta * robust, adversarial, robust

@@ -60,6 +60,21 @@ def _rpat_pass(forward: Forward, rpat: ml_collections.ConfigDict, params, stats,
   return z_adv, z_interp, z_clean, stats
 
 
+def _adversarial_examples(config: ml_collections.ConfigDict, logits_fn, key, x, labels):
+  """The method's inner maximisation: PGD on CE (PGD-AT), on KL to the clean prediction (TRADES) or on
+  CE from a small Gaussian start (MART), with the BatchNorm mode the caller chose for `logits_fn`."""
+  attack = config.attack
+  hyper = dict(norm=attack.norm, eps=attack.eps, step_size=attack.step_size, steps=attack.steps)
+  if config.method == 'pgd_at':
+    return attacks.pgd(logits_fn, key, x, labels, random_init=attack.random_start, **hyper)
+  if config.method == 'trades':
+    clean_logits = jax.lax.stop_gradient(logits_fn(x))
+    loss_fn = lambda logits: jnp.sum(objectives.kl_terms(clean_logits, logits))
+  else:
+    loss_fn = lambda logits: attacks.cross_entropy_sum(logits, labels)
+  return attacks.small_noise_pgd(logits_fn, key, x, loss_fn, **hyper)
+
+
 def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_per_epoch: int):
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)` for `config`.
 
@@ -81,28 +96,43 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
       attack_logits = functools.partial(forward.eval_logits, state.params, state.batch_stats)
     else:
       attack_logits = functools.partial(forward.batch_stat_logits, state.params, state.batch_stats)
-    x_adv = attacks.pgd(attack_logits, attack_key, x, labels, norm=attack.norm, eps=attack.eps,
-                        step_size=attack.step_size, steps=attack.steps, random_init=attack.random_start)
+    x_adv = _adversarial_examples(config, attack_logits, attack_key, x, labels)
 
     epoch = state.step // steps_per_epoch
     lam = jnp.where(epoch >= rpat.start_epoch, rpat.lam, 0.0)
 
+    def rpat_term(z_interp, z_clean, z_adv):
+      if rpat.detach_target:
+        z_clean, z_adv = jax.lax.stop_gradient(z_clean), jax.lax.stop_gradient(z_adv)
+      return regulariser(z_interp, z_clean, z_adv, rates)
+
     def loss_fn(params):
       aux = {}
-      if rpat.enabled:
-        z_adv, z_interp, z_clean, stats = _rpat_pass(forward, rpat, params, state.batch_stats, x, x_adv)
-        if rpat.detach_target:
-          z_adv_target, z_clean = jax.lax.stop_gradient(z_adv), jax.lax.stop_gradient(z_clean)
+      if config.method == 'pgd_at':
+        if rpat.enabled:  # Official order: z(x') -> z(x~) -> z(x).
+          z_adv, z_interp, z_clean, stats = _rpat_pass(forward, rpat, params, state.batch_stats, x, x_adv)
+          aux.update(rpat_loss=rpat_term(z_interp, z_clean, z_adv), clean_acc=objectives.accuracy(z_clean, labels))
         else:
-          z_adv_target = z_adv
-        rpat_loss = regulariser(z_interp, z_clean, z_adv_target, rates)
-        aux.update(rpat_loss=rpat_loss, clean_acc=objectives.accuracy(z_clean, labels))
-      else:
-        z_adv, stats = forward.train_logits(params, state.batch_stats, x_adv)
-        rpat_loss = 0.0
-      ce_loss = objectives.cross_entropy(z_adv, labels)
-      aux.update(ce_loss=ce_loss, acc=objectives.accuracy(z_adv, labels))
-      return ce_loss + lam * rpat_loss, (stats, aux)
+          z_adv, stats = forward.train_logits(params, state.batch_stats, x_adv)
+        base_loss = objectives.cross_entropy(z_adv, labels)
+        aux.update(ce_loss=base_loss)
+      else:  # TRADES: z(x) -> z(x') -> z(x) (the KL target) -> z(x~); MART: z(x) -> z(x') -> z(x~).
+        z_clean, stats = forward.train_logits(params, state.batch_stats, x)
+        z_adv, stats = forward.train_logits(params, stats, x_adv)
+        if config.method == 'trades':
+          z_target, stats = forward.train_logits(params, stats, x)
+          base_loss, ce_loss, kl_loss = objectives.trades_loss(z_clean, z_adv, z_target, labels, config.beta)
+          aux.update(ce_loss=ce_loss, kl_loss=kl_loss)
+        else:
+          base_loss, adversarial_loss, robust_loss = objectives.mart_loss(z_clean, z_adv, labels, config.beta)
+          aux.update(ce_loss=objectives.cross_entropy(z_adv, labels), mart_adv_loss=adversarial_loss,
+                     mart_robust_loss=robust_loss)
+        aux.update(clean_acc=objectives.accuracy(z_clean, labels))
+        if rpat.enabled:
+          z_interp, stats = forward.train_logits_per_rate(params, stats, objectives.interpolate(x, x_adv, rates))
+          aux.update(rpat_loss=rpat_term(z_interp, z_clean, z_adv))
+      aux.update(acc=objectives.accuracy(z_adv, labels))
+      return base_loss + lam * aux.get('rpat_loss', 0.0), (stats, aux)
 
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     lr = schedule(state.step)

@@ -95,3 +95,22 @@ def test_pgd_same_key_same_result_and_no_gradient_to_inputs():
   grad = jax.grad(lambda v: jnp.sum(attacks.pgd(model, jax.random.key(0), v, y, norm='linf', eps=0.03,
                                                 step_size=0.01, steps=2)))(x)
   assert float(jnp.abs(grad).sum()) == 0.0
+
+
+@pytest.mark.parametrize('norm,eps,step', [('linf', 8 / 255, 2 / 255), ('l2', 0.5, 0.1)])
+def test_small_noise_pgd_stays_in_ball_and_box_and_raises_its_loss(norm, eps, step):
+  rng = np.random.default_rng(7)
+  w = jnp.asarray(rng.normal(size=(4 * 4 * 3, 5)).astype(np.float32))
+  logits_fn = lambda images: images.reshape(images.shape[0], -1) @ w
+  x = jnp.asarray(rng.uniform(0, 1, (16, 4, 4, 3)).astype(np.float32))
+  labels = jnp.asarray(rng.integers(0, 5, 16))
+  loss_fn = lambda logits: attacks.cross_entropy_sum(logits, labels)
+  x_adv = attacks.small_noise_pgd(logits_fn, jax.random.key(0), x, loss_fn, norm=norm, eps=eps, step_size=step,
+                                  steps=5)
+  delta = np.asarray(x_adv - x).reshape(16, -1)
+  size = np.abs(delta).max(1) if norm == 'linf' else np.sqrt((delta ** 2).sum(1))
+  assert size.max() <= eps * (1 + 1e-5) and 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
+  assert float(loss_fn(logits_fn(x_adv))) > float(loss_fn(logits_fn(x)))
+  again = attacks.small_noise_pgd(logits_fn, jax.random.key(0), x, loss_fn, norm=norm, eps=eps, step_size=step,
+                                  steps=5)
+  np.testing.assert_array_equal(x_adv, again)

@@ -65,6 +65,8 @@ def test_smoke_config_is_valid():
 
 @pytest.mark.parametrize('overrides,key', [
     ({'method': 'fgsm_at'}, 'method='),
+    ({'beta': -1.0}, 'beta='),
+    ({'method': 'trades', 'rpat.fused_forward': True}, 'rpat.fused_forward='),
     ({'model.name': 'resnet50'}, 'model.name='),
     ({'model.dtype': 'float16'}, 'model.dtype='),
     ({'data.name': 'no_such_dataset', 'data.data_dir': '/nonexistent'}, 'data.name='),

@@ -78,3 +78,36 @@ def test_cross_entropy_and_accuracy():
   np.testing.assert_allclose(objectives.cross_entropy(logits, labels),
                              -log_probs[np.arange(5), labels].mean(), rtol=1e-6)
   assert float(objectives.accuracy(logits, labels)) == pytest.approx(np.mean(logits.argmax(-1) == labels))
+
+
+def _softmax(z):
+  e = np.exp(z - z.max(1, keepdims=True))
+  return e / e.sum(1, keepdims=True)
+
+
+def test_trades_loss_against_numpy():
+  rng = np.random.default_rng(5)
+  z_clean, z_adv, z_target = (rng.normal(size=(6, 10)).astype(np.float32) * 2 for _ in range(3))
+  labels = rng.integers(0, 10, 6)
+  total, ce, kl = objectives.trades_loss(*map(jnp.asarray, (z_clean, z_adv, z_target, labels)), beta=6.0)
+  p_clean, p_target = _softmax(z_clean.astype(np.float64)), _softmax(z_target.astype(np.float64))
+  expected_ce = -np.log(p_clean[np.arange(6), labels]).mean()
+  expected_kl = (p_target * (np.log(p_target) - np.log(_softmax(z_adv.astype(np.float64))))).sum() / 6
+  np.testing.assert_allclose([ce, kl, total], [expected_ce, expected_kl, expected_ce + 6 * expected_kl], rtol=1e-5)
+
+
+def test_mart_loss_against_numpy():
+  rng = np.random.default_rng(6)
+  z_clean, z_adv = (rng.normal(size=(8, 10)).astype(np.float32) * 2 for _ in range(2))
+  labels = rng.integers(0, 10, 8)
+  labels[:3] = z_adv[:3].argmax(1)  # Where the label is on top, the "wrong" class is the runner-up.
+  total, adversarial, robust = objectives.mart_loss(*map(jnp.asarray, (z_clean, z_adv, labels)), beta=6.0)
+  p_clean, p_adv = _softmax(z_clean.astype(np.float64)), _softmax(z_adv.astype(np.float64))
+  order = np.argsort(p_adv, 1)
+  wrong = np.where(order[:, -1] == labels, order[:, -2], order[:, -1])
+  expected_adv = (-np.log(p_adv[np.arange(8), labels]).mean()
+                  - np.log(1.0001 - p_adv[np.arange(8), wrong] + 1e-12).mean())
+  kl = (p_clean * (np.log(p_clean) - np.log(p_adv + 1e-12))).sum(1)
+  expected_robust = (kl * (1.0000001 - p_clean[np.arange(8), labels])).sum() / 8
+  np.testing.assert_allclose([adversarial, robust, total],
+                             [expected_adv, expected_robust, expected_adv + 6 * expected_robust], rtol=1e-5)

@@ -120,3 +120,23 @@ def test_bfloat16_compute_keeps_float32_params():
   new_state, metrics = _run({'model.dtype': 'bfloat16'})
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(new_state.params))
   assert np.isfinite(float(metrics['loss']))
+
+
+@pytest.mark.parametrize('method,extra', [('trades', {'kl_loss'}), ('mart', {'mart_adv_loss', 'mart_robust_loss'})])
+def test_trades_and_mart_train_with_and_without_rpat(method, extra):
+  config, forward, state, batch = _setup(method=method)
+  step = jax.jit(steps.make_train_step(config, forward, steps_per_epoch=4))
+  losses = []
+  for i in range(4):  # The same batch: the loss must fall.
+    state, metrics = step(state, batch, jax.random.key(0))
+    losses.append(float(metrics['loss']))
+  assert set(metrics) == {'loss', 'lr', 'ce_loss', 'acc', 'rpat_loss', 'clean_acc'} | extra
+  rpat = float(metrics['rpat_loss'])
+  base = float(metrics['loss']) - rpat  # lam = 1.
+  if method == 'trades':
+    np.testing.assert_allclose(base, metrics['ce_loss'] + 6.0 * metrics['kl_loss'], rtol=1e-5)
+  else:
+    np.testing.assert_allclose(base, metrics['mart_adv_loss'] + 6.0 * metrics['mart_robust_loss'], rtol=1e-5)
+  assert losses[-1] < losses[0]
+  _, plain = _run({'method': method, 'rpat.enabled': False})
+  assert 'rpat_loss' not in plain and np.isfinite(float(plain['loss']))
