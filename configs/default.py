@@ -107,25 +107,54 @@ def get_config():
   return config
 
 
-def apply_arg(config, arg):
-  """Applies a config-string argument (`--config=configs/prn18.py:smoke`).
+def _smoke(config):
+  config.data.name = 'synthetic'
+  config.data.synthetic.num_train = 512
+  config.data.synthetic.num_test = 256
+  config.epochs = 1
+  config.attack.steps = 2
+  config.eval.num_examples = 256
+  config.eval.batch_size = 128
+  config.eval.pgd_steps = 2
+  config.schedule.name = 'constant'
 
-  `smoke` shrinks any config to a CPU-sized check of the same model: synthetic data, 1 epoch, PGD-2,
-  a 256-image test subset. Unknown arguments raise a ValueError naming the allowed ones.
+
+def _setter(path, value):
+  def apply(config):
+    node = config
+    *parents, leaf = path.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return apply
+
+
+# One word per table column: dataset, method, RPAT on/off, threat, and `smoke`.
+CONFIG_ARGS = {
+    'smoke': _smoke,
+    'cifar10': _setter('data.name', 'cifar10'),
+    'cifar100': _setter('data.name', 'cifar100'),
+    'pgd_at': _setter('method', 'pgd_at'),
+    'trades': _setter('method', 'trades'),
+    'mart': _setter('method', 'mart'),
+    'rpat': _setter('rpat.enabled', True),
+    'no_rpat': _setter('rpat.enabled', False),
+    'linf': _setter('attack.norm', 'linf'),
+    'l2': _setter('attack.norm', 'l2'),  # eps / step_size come from the norm (rpat_jax/threats.py).
+}
+
+
+def apply_arg(config, arg):
+  """Applies a config string (`--config=configs/prn18.py:cifar100,trades,rpat,l2`), left to right.
+
+  Words: smoke (a CPU-sized check of the same model: synthetic data, 1 epoch, PGD-2), cifar10,
+  cifar100, pgd_at, trades, mart, rpat, no_rpat, linf, l2. An unknown word raises a ValueError naming
+  the allowed ones.
   """
   if not arg:
     return config
-  for part in arg.split(','):
-    if part == 'smoke':
-      config.data.name = 'synthetic'
-      config.data.synthetic.num_train = 512
-      config.data.synthetic.num_test = 256
-      config.epochs = 1
-      config.attack.steps = 2
-      config.eval.num_examples = 256
-      config.eval.batch_size = 128
-      config.eval.pgd_steps = 2
-      config.schedule.name = 'constant'
-    else:
-      raise ValueError(f'config argument {part!r} is unknown; allowed: smoke')
+  for word in arg.split(','):
+    if word not in CONFIG_ARGS:
+      raise ValueError(f'config argument {word!r} is unknown; allowed: {", ".join(CONFIG_ARGS)}')
+    CONFIG_ARGS[word](config)
   return config

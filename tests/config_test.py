@@ -55,8 +55,20 @@ def test_smoke_argument_shrinks_any_config_and_unknown_argument_fails():
   config = threats.resolve(wrn.get_config('smoke'))
   assert config.data.name == 'synthetic' and config.epochs == 1 and config.model.name == 'wide_resnet'
   config_validation.validate(config, device_count=1)
-  with pytest.raises(ValueError, match='allowed: smoke'):
+  with pytest.raises(ValueError, match='allowed: smoke, cifar10, cifar100'):
     prn18.get_config('tiny')
+
+
+def test_config_strings_select_one_table_row():
+  config = threats.resolve(prn18.get_config('cifar100,trades,no_rpat,l2'))
+  assert (config.data.name, config.method, config.rpat.enabled, config.attack.norm) == ('cifar100', 'trades',
+                                                                                       False, 'l2')
+  assert (config.attack.eps, config.attack.step_size) == (128 / 255, 15 / 255)
+  assert config.model.name == 'preact_resnet18' and config.beta == 6.0
+  config = threats.resolve(wrn.get_config('mart,rpat,smoke'))
+  assert (config.method, config.rpat.enabled, config.data.name, config.attack.eps) == ('mart', True, 'synthetic',
+                                                                                       8 / 255)
+  config_validation.validate(config, device_count=1)
 
 
 def test_smoke_config_is_valid():
