@@ -98,6 +98,13 @@ def get_config():
   config.eval.batch_size = 500
   config.eval.pgd_steps = 10  # PGD-k with the training threat's eps and step size.
 
+  # Weight averaging (any method): an EMA of params and BN statistics, checkpointed and evaluated beside
+  # the online model. [S] (ReBAT / RPAT++): decay 0.999 per step, a plain copy before epoch 105.
+  config.ema = ml_collections.ConfigDict()
+  config.ema.enabled = False
+  config.ema.decay = 0.999
+  config.ema.start_epoch = 0  # 0-indexed epoch from which the average starts; before it, a copy.
+
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 3  # The last N epochs are kept; the best by test PGD accuracy separately.
 

@@ -99,5 +99,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   _require(isinstance(config.eval.num_examples, int) and config.eval.num_examples >= 0,
            f'eval.num_examples={config.eval.num_examples!r} must be an integer >= 0 (0 = all)')
   _positive('eval.every_epochs', config.eval.every_epochs, int)
+  _require(isinstance(config.ema.decay, (int, float)) and 0 <= config.ema.decay < 1,
+           f'ema.decay={config.ema.decay!r}; allowed: a number in [0, 1)')
+  _require(isinstance(config.ema.start_epoch, int) and config.ema.start_epoch >= 0,
+           f'ema.start_epoch={config.ema.start_epoch!r} must be an integer >= 0')
   _positive('checkpoint.keep', config.checkpoint.keep, int)
   _choice('log.progress', config.log.progress, PROGRESS)

@@ -4,7 +4,8 @@
   python -m rpat_jax.evaluate --config=configs/prn18.py --workdir=runs/prn18_rpat --checkpoint=last \
       --n_examples=1000 --aa_version=custom --attacks=apgd-ce,apgd-t
 
-Results go to `workdir/eval/results.json` and `results.md`. AutoAttack saves its progress after every
+Results go to `workdir/eval/results.json` and `results.md` (`results_ema.*` with `--ema`, the weight
+average of a run trained with `ema.enabled`). AutoAttack saves its progress after every
 chunk to `workdir/eval/aa_state_<checkpoint>.npz`: running the same command again resumes it.
 The threat model (norm, eps; PGD/CW step size) is the config's `attack.*`; the model runs in float32
 unless `--bf16`.
@@ -41,13 +42,15 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 500, 'Points per compiled attac
 _SEED = flags.DEFINE_integer('seed', 0, 'AutoAttack and PGD seed.')
 _VARIABLES = flags.DEFINE_string('variables', None, 'Evaluate these Flax variables (a directory written by '
                                  '`python -m rpat_jax.convert --to=DIR`) instead of a training checkpoint.')
+_EMA = flags.DEFINE_bool('ema', False, 'Evaluate the weight average of the checkpoint (a run with ema.enabled).')
 _BF16 = flags.DEFINE_bool('bf16', False, 'Run the model in bfloat16 (float32 is the default and the reference).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 PGD_STEPS = 20
 
 
-def restore_variables(config, workdir: str, checkpoint: str, num_classes: int, image_shape, variables_dir=None):
+def restore_variables(config, workdir: str, checkpoint: str, num_classes: int, image_shape, variables_dir=None,
+                      ema: bool = False):
   """(forward, params, batch_stats, epoch) of a training checkpoint, or of converted variables (epoch None)."""
   forward = Forward.from_config(config.model, num_classes)
   if variables_dir:
@@ -58,6 +61,10 @@ def restore_variables(config, workdir: str, checkpoint: str, num_classes: int, i
   target = jax.jit(lambda: steps.create_train_state(config, forward, tx, image_shape))()
   which, epoch = (checkpoint, None) if checkpoint in ('best', 'last') else ('last', int(checkpoint))
   state, meta = Checkpoints(workdir, keep=config.checkpoint.keep).restore(target, which=which, epoch=epoch)
+  if ema:
+    if state.ema is None:
+      raise ValueError('--ema: this run has no weight average (train with --config.ema.enabled=True)')
+    state = steps.averaged(state)
   return forward, state.params, state.batch_stats, int(meta['epoch'])
 
 
@@ -110,8 +117,8 @@ def markdown_table(results) -> str:
 
 def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000, aa_version: str = 'standard',
         attack_names=None, aa_options=None, batch_size: int = 500, seed: int = 0, bf16: bool = False,
-        variables_dir=None):
-  """Evaluates and writes workdir/eval/results.{json,md}; returns the results dict."""
+        variables_dir=None, ema: bool = False):
+  """Evaluates and writes workdir/eval/results.{json,md} (results_ema.* for the average); returns the dict."""
   started = time.time()
   config = threats.resolve(config)
   config_validation.validate(config, jax.device_count())
@@ -124,7 +131,7 @@ def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000,
   with config.unlocked():
     config.model.dtype = 'bfloat16' if bf16 else 'float32'
   forward, params, batch_stats, epoch = restore_variables(config, workdir, checkpoint, dataset.num_classes,
-                                                          x.shape[1:], variables_dir)
+                                                          x.shape[1:], variables_dir, ema)
   if variables_dir:
     checkpoint = 'variables'
   logits_fn = lambda images: forward.eval_logits(params, batch_stats, images).astype(jnp.float32)
@@ -135,19 +142,21 @@ def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000,
   os.makedirs(out_dir, exist_ok=True)
   aa = autoattack.evaluate(logits_fn, x, y, norm=config.attack.norm, eps=config.attack.eps, version=aa_version,
                            seed=seed, batch_size=batch_size, attacks=attack_names, attack_options=aa_options,
-                           state_path=os.path.join(out_dir, f'aa_state_{checkpoint}.npz'), log=logging.info)
+                           state_path=os.path.join(out_dir, f'aa_state_{checkpoint}{"_ema" if ema else ""}.npz'),
+                           log=logging.info)
   mean, nrr = summary(clean_acc, aa['robust_acc'])
   results = {'clean_acc': clean_acc, 'pgd20_acc': pgd20_acc, 'cw20_acc': cw20_acc, 'aa_acc': aa['robust_acc'],
              'mean': mean, 'nrr': nrr, 'n_examples': count, 'checkpoint': checkpoint, 'checkpoint_step': epoch,
              'per_attack': aa['per_attack'], 'seconds': time.time() - started, 'aa_seconds': aa['seconds'],
              'flags': aa['flags'], 'norm': config.attack.norm, 'eps': float(config.attack.eps),
              'aa_version': aa_version, 'max_perturbation': aa['max_perturbation'], 'nan_count': aa['nan_count'],
-             'model': config.model.name, 'dtype': config.model.dtype, 'seed': seed}
-  temporary = os.path.join(out_dir, 'results.json.tmp')
+             'model': config.model.name, 'dtype': config.model.dtype, 'seed': seed, 'ema': ema}
+  name = 'results_ema' if ema else 'results'  # The average's results sit beside the online model's.
+  temporary = os.path.join(out_dir, f'{name}.json.tmp')
   with open(temporary, 'w') as f:
     json.dump(results, f, indent=2)
-  os.replace(temporary, os.path.join(out_dir, 'results.json'))
-  with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+  os.replace(temporary, os.path.join(out_dir, f'{name}.json'))
+  with open(os.path.join(out_dir, f'{name}.md'), 'w') as f:
     f.write(markdown_table(results))
   return results
 
@@ -159,7 +168,8 @@ def main(argv):
   try:
     options = json.loads(_AA_OPTIONS.value) if _AA_OPTIONS.value else None
     results = run(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _N_EXAMPLES.value, _AA_VERSION.value,
-                  _ATTACKS.value, options, _BATCH_SIZE.value, _SEED.value, _BF16.value, _VARIABLES.value)
+                  _ATTACKS.value, options, _BATCH_SIZE.value, _SEED.value, _BF16.value, _VARIABLES.value,
+                  _EMA.value)
   except (config_validation.ConfigError, data.DatasetNotFoundError, FileNotFoundError, ValueError,
           json.JSONDecodeError) as error:
     print(f'rpat_jax.evaluate: error: {error}', file=sys.stderr)

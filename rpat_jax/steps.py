@@ -24,9 +24,22 @@ Metrics = Dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-  """Everything a resume needs: step, params, optimiser state, BatchNorm statistics, run key."""
+  """Everything a resume needs: step, params, optimiser state, BatchNorm statistics, run key, and the
+  weight average {'params', 'batch_stats'} when `ema.enabled` (None otherwise)."""
   batch_stats: Any
   rng: jax.Array  # uint32 key data of the run's base key (`jax.random.key_data`), checkpointable.
+  ema: Any = None
+
+
+def averaged(state: TrainState) -> TrainState:
+  """The state with the weight average in place of the online params and BN statistics."""
+  return state.replace(params=state.ema['params'], batch_stats=state.ema['batch_stats'])
+
+
+def update_average(ema, params, batch_stats, decay: jax.Array):
+  """EMA of params and BN running statistics: decay * ema + (1 - decay) * online (decay 0 = a copy)."""
+  online = {'params': params, 'batch_stats': batch_stats}
+  return jax.tree.map(lambda e, o: decay * e + (1.0 - decay) * o, ema, online)
 
 
 def create_train_state(config: ml_collections.ConfigDict, forward: Forward, tx: optax.GradientTransformation,
@@ -34,8 +47,11 @@ def create_train_state(config: ml_collections.ConfigDict, forward: Forward, tx: 
   """A fresh state from `config.seed`: the init key and the run key are split from one root key."""
   init_key, run_key = jax.random.split(jax.random.key(config.seed))
   variables = forward.init(init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+  ema = None
+  if config.ema.enabled:  # Its own buffers: the state is donated to the step.
+    ema = jax.tree.map(jnp.copy, {'params': variables['params'], 'batch_stats': variables['batch_stats']})
   return TrainState.create(apply_fn=forward.model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables['batch_stats'], rng=jax.random.key_data(run_key))
+                           batch_stats=variables['batch_stats'], rng=jax.random.key_data(run_key), ema=ema)
 
 
 def _rpat_pass(forward: Forward, rpat: ml_collections.ConfigDict, params, stats, x, x_adv):
@@ -137,6 +153,9 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     lr = schedule(state.step)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if config.ema.enabled:  # A copy before ema.start_epoch, then an average per step ([S]'s WA).
+      decay = jnp.where(epoch >= config.ema.start_epoch, config.ema.decay, 0.0)
+      state = state.replace(ema=update_average(state.ema, state.params, state.batch_stats, decay))
     metrics = {'loss': loss, 'lr': lr, **aux}
     return state, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), metrics)
 

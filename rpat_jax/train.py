@@ -126,6 +126,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
       sums = jax.device_get(evaluate(state, *eval_data, eval_key))
       row['test_clean_acc'] = float(sums['clean_correct'] / sums['count'])
       row['test_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
+      if config.ema.enabled:  # The weight average, evaluated the same way (same points, same key).
+        sums = jax.device_get(evaluate(steps.averaged(state), *eval_data, eval_key))
+        row['test_ema_clean_acc'] = float(sums['clean_correct'] / sums['count'])
+        row['test_ema_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
       row['eval_seconds'] = time.perf_counter() - eval_start
     is_best = row.get('test_pgd_acc', -1.0) > meta['best_pgd_acc']
     if is_best:

@@ -48,3 +48,29 @@ def test_cli_rejects_unknown_attacks_with_one_line(tmp_path):
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("rpat_jax.evaluate: error: attack 'apgd-x'; allowed")
+
+
+def test_the_weight_average_is_trained_checkpointed_and_evaluated_when_asked(tmp_path, trained):
+  import jax.numpy as jnp
+  import numpy as np
+  from rpat_jax import data
+  workdir = str(tmp_path)
+  config = tiny_config(epochs=1, **{'ema.enabled': True, 'ema.decay': 0.5})
+  state = train.train_and_evaluate(config, workdir)
+  row = json.loads(open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()[-1])
+  assert {'test_ema_clean_acc', 'test_ema_pgd_acc', 'test_clean_acc'} <= set(row)
+  options = {'apgd-ce': {'n_iter': 3, 'n_restarts': 1}}
+  results = evaluate.run(config, workdir, n_examples=32, aa_version='custom', attack_names=['apgd-ce'],
+                         aa_options=options, batch_size=32, ema=True)
+  assert os.path.exists(os.path.join(workdir, 'eval', 'results_ema.json')) and results['ema']
+  dataset = data.load_dataset(config.data)
+  forward, *_ = evaluate.restore_variables(config, workdir, 'best', dataset.num_classes,
+                                           dataset.test_images.shape[1:])
+  x = jnp.asarray(dataset.test_images[:32], jnp.float32) / 255.0
+  logits = forward.eval_logits(state.ema['params'], state.ema['batch_stats'], x)
+  expected = float(np.mean(np.asarray(logits).argmax(1) == dataset.test_labels[:32]))
+  assert results['clean_acc'] == pytest.approx(expected)
+  _, plain_workdir = trained
+  with pytest.raises(ValueError, match='no weight average'):
+    evaluate.run(tiny_config(epochs=1), plain_workdir, n_examples=32, aa_version='custom',
+                 attack_names=['apgd-ce'], aa_options=options, batch_size=32, ema=True)

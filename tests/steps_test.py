@@ -140,3 +140,16 @@ def test_trades_and_mart_train_with_and_without_rpat(method, extra):
   assert losses[-1] < losses[0]
   _, plain = _run({'method': method, 'rpat.enabled': False})
   assert 'rpat_loss' not in plain and np.isfinite(float(plain['loss']))
+
+
+def test_weight_average_is_a_copy_then_an_ema_of_params_and_bn_statistics():
+  config, forward, state, batch = _setup(**{'ema.enabled': True, 'ema.decay': 0.9, 'ema.start_epoch': 1})
+  step = jax.jit(steps.make_train_step(config, forward, steps_per_epoch=1))  # Step s is in epoch s.
+  first, _ = step(state, batch, jax.random.key(0))  # Epoch 0 < start_epoch: a copy.
+  chex.assert_trees_all_close(first.ema, {'params': first.params, 'batch_stats': first.batch_stats})
+  second, _ = step(first, batch, jax.random.key(0))  # Epoch 1: decay * ema + (1 - decay) * online.
+  expected = jax.tree.map(lambda e, o: 0.9 * e + 0.1 * o, first.ema,
+                          {'params': second.params, 'batch_stats': second.batch_stats})
+  chex.assert_trees_all_close(second.ema, expected, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(jax.tree.leaves(second.ema['params'])[0], jax.tree.leaves(second.params)[0])
+  assert steps.averaged(second).params is second.ema['params']
