@@ -14,8 +14,14 @@ from ml_collections import config_dict
 
 def get_config():
   config = ml_collections.ConfigDict()
-  config.method = 'pgd_at'  # The base adversarial-training objective: pgd_at, trades, mart; RPAT adds to it.
+  # The base adversarial-training objective: pgd_at, trades, mart, consistency; RPAT adds to it.
+  config.method = 'pgd_at'
   config.beta = 6.0  # TRADES / MART weight of the KL term ([B] --beta, shared by both as there).
+  # Consistency-AT (Tack et al.): JS between two augmented views' adversarial predictions at temperature
+  # T. [B] weights it with the same --lam as RPAT: lam None does that; a number separates the two.
+  config.consistency = ml_collections.ConfigDict()
+  config.consistency.temperature = 0.5
+  config.consistency.lam = config_dict.placeholder(float)
   config.epochs = 110
   config.batch_size = 128  # Global batch over all devices.
   config.seed = 0
@@ -144,6 +150,7 @@ CONFIG_ARGS = {
     'pgd_at': _setter('method', 'pgd_at'),
     'trades': _setter('method', 'trades'),
     'mart': _setter('method', 'mart'),
+    'consistency': _setter('method', 'consistency'),
     'rpat': _setter('rpat.enabled', True),
     'no_rpat': _setter('rpat.enabled', False),
     'linf': _setter('attack.norm', 'linf'),
@@ -155,7 +162,7 @@ def apply_arg(config, arg):
   """Applies a config string (`--config=configs/prn18.py:cifar100,trades,rpat,l2`), left to right.
 
   Words: smoke (a CPU-sized check of the same model: synthetic data, 1 epoch, PGD-2), cifar10,
-  cifar100, pgd_at, trades, mart, rpat, no_rpat, linf, l2. An unknown word raises a ValueError naming
+  cifar100, pgd_at, trades, mart, consistency, rpat, no_rpat, linf, l2. An unknown word raises a ValueError naming
   the allowed ones.
   """
   if not arg:

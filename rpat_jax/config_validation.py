@@ -12,7 +12,7 @@ from rpat_jax import data
 from rpat_jax import models
 from rpat_jax import threats
 
-METHODS = ('pgd_at', 'trades', 'mart')
+METHODS = ('pgd_at', 'trades', 'mart', 'consistency')
 DTYPES = ('float32', 'bfloat16')
 BN_MODES = ('eval', 'train')
 RPAT_FORMS = ('code', 'paper')
@@ -87,8 +87,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   _require(isinstance(config.rpat.lam, (int, float)) and config.rpat.lam >= 0,
            f'rpat.lam={config.rpat.lam!r} must be a number >= 0')
   _choice('rpat.form', config.rpat.form, RPAT_FORMS)
-  _require(not config.rpat.fused_forward or config.method == 'pgd_at',
-           f'rpat.fused_forward=True with method={config.method!r}; allowed: only with method=pgd_at')
+  _require(not config.rpat.fused_forward or config.method in ('pgd_at', 'consistency'),
+           f'rpat.fused_forward=True with method={config.method!r}; allowed: only with pgd_at, consistency')
+  _positive('consistency.temperature', config.consistency.temperature)
+  _require(config.consistency.lam is None or (isinstance(config.consistency.lam, (int, float))
+                                              and config.consistency.lam >= 0),
+           f'consistency.lam={config.consistency.lam!r}; allowed: None (= rpat.lam) or a number >= 0')
 
   _positive('optimizer.lr', config.optimizer.lr)
   _choice('schedule.name', config.schedule.name, SCHEDULES)

@@ -108,3 +108,15 @@ def mart_loss(z_clean: jax.Array, z_adv: jax.Array, labels: jax.Array, beta: flo
   kl = jnp.sum(jax.scipy.special.xlogy(clean_probs, clean_probs) - clean_probs * jnp.log(adv_probs + 1e-12), -1)
   robust = jnp.sum(kl * (1.0000001 - true_prob)) / z_adv.shape[0]
   return adversarial + beta * robust, adversarial, robust
+
+
+def jensen_shannon(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
+  """Consistency-AT's JS divergence between two views at temperature T, batch mean (Tack et al. 2022).
+
+  p_k = softmax(z_k / T), m = (p1 + p2) / 2; 0.5 * [KL(p1 || m) + KL(p2 || m)] with log(max(m, 1e-8)).
+  """
+  p1 = jax.nn.softmax(z1.astype(jnp.float32) / temperature, axis=-1)
+  p2 = jax.nn.softmax(z2.astype(jnp.float32) / temperature, axis=-1)
+  log_m = jnp.log(jnp.maximum(0.5 * (p1 + p2), 1e-8))
+  kl = lambda p: jnp.sum(jax.scipy.special.xlogy(p, p) - p * log_m) / p.shape[0]
+  return 0.5 * (kl(p1) + kl(p2))

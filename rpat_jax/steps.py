@@ -81,7 +81,7 @@ def _adversarial_examples(config: ml_collections.ConfigDict, logits_fn, key, x, 
   CE from a small Gaussian start (MART), with the BatchNorm mode the caller chose for `logits_fn`."""
   attack = config.attack
   hyper = dict(norm=attack.norm, eps=attack.eps, step_size=attack.step_size, steps=attack.steps)
-  if config.method == 'pgd_at':
+  if config.method in ('pgd_at', 'consistency'):
     return attacks.pgd(logits_fn, key, x, labels, random_init=attack.random_start, **hyper)
   if config.method == 'trades':
     clean_logits = jax.lax.stop_gradient(logits_fn(x))
@@ -104,9 +104,15 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
 
   def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array) -> Tuple[TrainState, Metrics]:
     aug_key, attack_key = jax.random.split(jax.random.fold_in(rng, state.step))
-    x = data.random_crop_flip(aug_key, batch['image'], padding=config.data.padding,
-                              pad_mode=config.data.pad_mode, flip=config.data.flip)
+    augment = functools.partial(data.random_crop_flip, images=batch['image'], padding=config.data.padding,
+                                pad_mode=config.data.pad_mode, flip=config.data.flip)
     labels = batch['label']
+    if config.method == 'consistency':  # Two augmented views of each image: a batch of 2B.
+      view_keys = jax.random.split(aug_key)
+      x = jnp.concatenate([augment(view_keys[0]), augment(view_keys[1])])
+      labels = jnp.concatenate([labels, labels])
+    else:
+      x = augment(aug_key)
 
     if attack.bn_mode == 'eval':
       attack_logits = functools.partial(forward.eval_logits, state.params, state.batch_stats)
@@ -116,6 +122,8 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
 
     epoch = state.step // steps_per_epoch
     lam = jnp.where(epoch >= rpat.start_epoch, rpat.lam, 0.0)
+    # [B] weights the consistency term with the same --lam as RPAT; `consistency.lam` separates them.
+    consistency_weight = rpat.lam if config.consistency.lam is None else config.consistency.lam
 
     def rpat_term(z_interp, z_clean, z_adv):
       if rpat.detach_target:
@@ -124,7 +132,7 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
 
     def loss_fn(params):
       aux = {}
-      if config.method == 'pgd_at':
+      if config.method in ('pgd_at', 'consistency'):
         if rpat.enabled:  # Official order: z(x') -> z(x~) -> z(x).
           z_adv, z_interp, z_clean, stats = _rpat_pass(forward, rpat, params, state.batch_stats, x, x_adv)
           aux.update(rpat_loss=rpat_term(z_interp, z_clean, z_adv), clean_acc=objectives.accuracy(z_clean, labels))
@@ -132,6 +140,10 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
           z_adv, stats = forward.train_logits(params, state.batch_stats, x_adv)
         base_loss = objectives.cross_entropy(z_adv, labels)
         aux.update(ce_loss=base_loss)
+        if config.method == 'consistency':  # JS between the two views' adversarial predictions.
+          views = jnp.split(z_adv, 2)
+          aux.update(consistency_loss=objectives.jensen_shannon(views[0], views[1], config.consistency.temperature))
+          base_loss = base_loss + consistency_weight * aux['consistency_loss']
       else:  # TRADES: z(x) -> z(x') -> z(x) (the KL target) -> z(x~); MART: z(x) -> z(x') -> z(x~).
         z_clean, stats = forward.train_logits(params, state.batch_stats, x)
         z_adv, stats = forward.train_logits(params, stats, x_adv)

@@ -78,6 +78,8 @@ def test_smoke_config_is_valid():
 @pytest.mark.parametrize('overrides,key', [
     ({'method': 'fgsm_at'}, 'method='),
     ({'beta': -1.0}, 'beta='),
+    ({'consistency.lam': -1.0}, 'consistency.lam='),
+    ({'consistency.temperature': 0.0}, 'consistency.temperature='),
     ({'method': 'trades', 'rpat.fused_forward': True}, 'rpat.fused_forward='),
     ({'model.name': 'resnet50'}, 'model.name='),
     ({'model.dtype': 'float16'}, 'model.dtype='),

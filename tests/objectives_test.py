@@ -111,3 +111,14 @@ def test_mart_loss_against_numpy():
   expected_robust = (kl * (1.0000001 - p_clean[np.arange(8), labels])).sum() / 8
   np.testing.assert_allclose([adversarial, robust, total],
                              [expected_adv, expected_robust, expected_adv + 6 * expected_robust], rtol=1e-5)
+
+
+def test_jensen_shannon_against_numpy():
+  rng = np.random.default_rng(8)
+  z1, z2 = (rng.normal(size=(5, 10)).astype(np.float32) * 3 for _ in range(2))
+  value = objectives.jensen_shannon(jnp.asarray(z1), jnp.asarray(z2), temperature=0.5)
+  p1, p2 = _softmax(z1.astype(np.float64) / 0.5), _softmax(z2.astype(np.float64) / 0.5)
+  log_m = np.log(np.maximum((p1 + p2) / 2, 1e-8))
+  expected = 0.5 * ((p1 * (np.log(p1) - log_m)).sum() + (p2 * (np.log(p2) - log_m)).sum()) / 5
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  assert float(objectives.jensen_shannon(jnp.asarray(z1), jnp.asarray(z1), 0.5)) == pytest.approx(0, abs=1e-6)

@@ -153,3 +153,15 @@ def test_weight_average_is_a_copy_then_an_ema_of_params_and_bn_statistics():
   chex.assert_trees_all_close(second.ema, expected, rtol=1e-6, atol=1e-7)
   assert not np.allclose(jax.tree.leaves(second.ema['params'])[0], jax.tree.leaves(second.params)[0])
   assert steps.averaged(second).params is second.ema['params']
+
+
+def test_consistency_at_attacks_two_views_and_shares_lambda_unless_separated():
+  _, shared = _run({'method': 'consistency', 'rpat.lam': 0.5})
+  assert {'consistency_loss', 'rpat_loss', 'ce_loss'} <= set(shared) and float(shared['consistency_loss']) > 0
+  np.testing.assert_allclose(shared['loss'], shared['ce_loss'] + 0.5 * shared['consistency_loss']
+                             + 0.5 * shared['rpat_loss'], rtol=1e-5)
+  _, separate = _run({'method': 'consistency', 'rpat.lam': 0.5, 'consistency.lam': 2.0})
+  np.testing.assert_allclose(separate['loss'], separate['ce_loss'] + 2.0 * separate['consistency_loss']
+                             + 0.5 * separate['rpat_loss'], rtol=1e-5)
+  _, plain = _run({'method': 'consistency', 'rpat.enabled': False})
+  np.testing.assert_allclose(plain['loss'], plain['ce_loss'] + 1.0 * plain['consistency_loss'], rtol=1e-5)

@@ -206,9 +206,10 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
     return out
 
   first = x[:batch_size]
-  num_classes = int(np.asarray(logits_fn(jnp.asarray(first[:1]))).shape[1])
-  flags = {'randomized': checks.randomized(logits_fn, first, y[:batch_size]),
-           'range_output': checks.range_output(logits_fn, first),
+  compiled_logits = jax.jit(logits_fn)
+  num_classes = int(np.asarray(compiled_logits(jnp.asarray(first))).shape[1])
+  flags = {'randomized': checks.randomized(compiled_logits, first, y[:batch_size]),
+           'range_output': checks.range_output(compiled_logits, first),
            'dynamic': checks.dynamic(),
            'n_classes': checks.n_classes(num_classes, names, options.get('apgd-t', {}).get('n_target_classes', 9),
                                          options.get('fab-t', {}).get('n_target_classes', 9))}
