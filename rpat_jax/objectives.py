@@ -1,4 +1,5 @@
-"""The training losses: cross-entropy and the RPAT regulariser, as pure functions of logits.
+"""The training losses as pure functions of logits: cross-entropy, TRADES, MART, Consistency-AT's
+Jensen-Shannon term, and the RPAT regulariser.
 
 RPAT (Robust Perception Adversarial Training) asks the logits to move linearly along the segment from a
 clean image x to its adversarial example x'. With x~ = r*x + (1-r)*x' (r weights the clean image, as in
