@@ -111,6 +111,12 @@ def get_config():
   config.ema.decay = 0.999
   config.ema.start_epoch = 0  # 0-indexed epoch from which the average starts; before it, a copy.
 
+  # ReBAT / RPAT++ ([S]): CE on x' plus beta * a KL against the weight average (the teacher) from
+  # ema.start_epoch on; `rate` is RPAT++'s interpolation weight on the perturbation (0.5 in [S]).
+  config.rebat = ml_collections.ConfigDict()
+  config.rebat.beta = 1.0
+  config.rebat.rate = 0.5
+
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 3  # The last N epochs are kept; the best by test PGD accuracy separately.
 
@@ -142,6 +148,21 @@ def _setter(path, value):
   return apply
 
 
+def _sotas_recipe(config, method):
+  """[S]'s recipe (ReBAT's train_cifar_wa.py): 200 epochs, lr / 1.5 at 100 and 150 per iteration,
+  reflect padding, CIFAR-10 normalisation, attack with batch statistics, weight average from epoch 105."""
+  config.method = method
+  config.rpat.enabled = False  # RPAT++ is its own term, not the Benchmarks regulariser on top.
+  config.epochs = 200
+  config.schedule.name = 'rebat_piecewise'
+  config.data.pad_mode = 'reflect'
+  config.model.normalize = True
+  config.attack.bn_mode = 'train'
+  config.ema.enabled = True
+  config.ema.decay = 0.999
+  config.ema.start_epoch = 105
+
+
 # One word per table column: dataset, method, RPAT on/off, threat, and `smoke`.
 CONFIG_ARGS = {
     'smoke': _smoke,
@@ -151,6 +172,8 @@ CONFIG_ARGS = {
     'trades': _setter('method', 'trades'),
     'mart': _setter('method', 'mart'),
     'consistency': _setter('method', 'consistency'),
+    'rebat': lambda config: _sotas_recipe(config, 'rebat'),
+    'rpat_plus_plus': lambda config: _sotas_recipe(config, 'rpat_plus_plus'),
     'rpat': _setter('rpat.enabled', True),
     'no_rpat': _setter('rpat.enabled', False),
     'linf': _setter('attack.norm', 'linf'),
@@ -162,7 +185,8 @@ def apply_arg(config, arg):
   """Applies a config string (`--config=configs/prn18.py:cifar100,trades,rpat,l2`), left to right.
 
   Words: smoke (a CPU-sized check of the same model: synthetic data, 1 epoch, PGD-2), cifar10,
-  cifar100, pgd_at, trades, mart, consistency, rpat, no_rpat, linf, l2. An unknown word raises a ValueError naming
+  cifar100, pgd_at, trades, mart, consistency, rebat, rpat_plus_plus (each with [S]'s whole recipe),
+  rpat, no_rpat, linf, l2. An unknown word raises a ValueError naming
   the allowed ones.
   """
   if not arg:

@@ -12,7 +12,7 @@ from rpat_jax import data
 from rpat_jax import models
 from rpat_jax import threats
 
-METHODS = ('pgd_at', 'trades', 'mart', 'consistency')
+METHODS = ('pgd_at', 'trades', 'mart', 'consistency', 'rebat', 'rpat_plus_plus')
 DTYPES = ('float32', 'bfloat16')
 BN_MODES = ('eval', 'train')
 RPAT_FORMS = ('code', 'paper')
@@ -89,6 +89,15 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   _choice('rpat.form', config.rpat.form, RPAT_FORMS)
   _require(not config.rpat.fused_forward or config.method in ('pgd_at', 'consistency'),
            f'rpat.fused_forward=True with method={config.method!r}; allowed: only with pgd_at, consistency')
+  if config.method in ('rebat', 'rpat_plus_plus'):
+    _require(config.ema.enabled, f'method={config.method} needs the weight average as its teacher; '
+             'allowed: ema.enabled=True')
+    _require(not config.rpat.enabled, f'rpat.enabled=True with method={config.method}; allowed: False '
+             '(RPAT++ is method=rpat_plus_plus)')
+    _require(isinstance(config.rebat.beta, (int, float)) and config.rebat.beta >= 0,
+             f'rebat.beta={config.rebat.beta!r} must be a number >= 0')
+    _require(isinstance(config.rebat.rate, (int, float)) and 0 < config.rebat.rate < 1,
+             f'rebat.rate={config.rebat.rate!r}; allowed: strictly between 0 and 1')
   _positive('consistency.temperature', config.consistency.temperature)
   _require(config.consistency.lam is None or (isinstance(config.consistency.lam, (int, float))
                                               and config.consistency.lam >= 0),

@@ -30,7 +30,8 @@ from rpat_jax.autoattack import losses
 from rpat_jax.checkpointing import Checkpoints
 from rpat_jax.forward import Forward
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.', lock_config=False)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
+                                          lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run directory (its checkpoints).')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'last', or an epoch number.")
 _N_EXAMPLES = flags.DEFINE_integer('n_examples', 10000, 'Evaluate the first N test points (0 = all).')

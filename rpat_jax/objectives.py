@@ -121,3 +121,20 @@ def jensen_shannon(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Arra
   log_m = jnp.log(jnp.maximum(0.5 * (p1 + p2), 1e-8))
   kl = lambda p: jnp.sum(jax.scipy.special.xlogy(p, p) - p * log_m) / p.shape[0]
   return 0.5 * (kl(p1) + kl(p2))
+
+
+def boat_kl(z_teacher_adv: jax.Array, z_adv: jax.Array) -> jax.Array:
+  """ReBAT's BoAT term: KL(softmax z_wa(x') || softmax z(x')), batch mean; the teacher carries no gradient."""
+  return jnp.sum(kl_terms(jax.lax.stop_gradient(z_teacher_adv), z_adv)) / z_adv.shape[0]
+
+
+def rpat_plus_plus_kl(z_teacher_clean: jax.Array, z_teacher_interp: jax.Array, z_adv: jax.Array,
+                      rate: float) -> jax.Array:
+  """RPAT++'s term ([S] train_cifar_ra.py), batch mean, teacher without gradient:
+
+  KL(softmax(z_wa(x + r*delta) - (1-r)*z_wa(x)) || softmax(r*z(x'))), r the weight on delta (0.5 there):
+  the linearity z(x~) = (1-r)z(x) + r*z(x') with the averaged model on the left and the online model's
+  adversarial logits on the right.
+  """
+  target = jax.lax.stop_gradient(z_teacher_interp.astype(jnp.float32) - (1.0 - rate) * z_teacher_clean)
+  return jnp.sum(kl_terms(target, rate * z_adv.astype(jnp.float32))) / z_adv.shape[0]

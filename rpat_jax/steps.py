@@ -144,6 +144,20 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
           views = jnp.split(z_adv, 2)
           aux.update(consistency_loss=objectives.jensen_shannon(views[0], views[1], config.consistency.temperature))
           base_loss = base_loss + consistency_weight * aux['consistency_loss']
+      elif config.method in ('rebat', 'rpat_plus_plus'):  # [S]: one online forward; the average teaches.
+        z_adv, stats = forward.train_logits(params, state.batch_stats, x_adv)
+        base_loss = objectives.cross_entropy(z_adv, labels)
+        teacher = functools.partial(forward.eval_logits, state.ema['params'], state.ema['batch_stats'])
+        if config.method == 'rebat':
+          regulariser_loss = objectives.boat_kl(teacher(x_adv), z_adv)
+        else:
+          rate = config.rebat.rate
+          x_interp = jnp.clip(x + rate * (x_adv - x), 0.0, 1.0)
+          regulariser_loss = objectives.rpat_plus_plus_kl(teacher(x), teacher(x_interp), z_adv, rate)
+        regulariser_loss = jnp.where(regulariser_loss < 1e10, regulariser_loss, 0.0)  # [S]'s NaN/inf guard.
+        aux.update(ce_loss=base_loss, teacher_loss=regulariser_loss)
+        beta = jnp.where(epoch >= config.ema.start_epoch, config.rebat.beta, 0.0)  # From the warm-up epoch.
+        base_loss = base_loss + beta * regulariser_loss
       else:  # TRADES: z(x) -> z(x') -> z(x) (the KL target) -> z(x~); MART: z(x) -> z(x') -> z(x~).
         z_clean, stats = forward.train_logits(params, state.batch_stats, x)
         z_adv, stats = forward.train_logits(params, stats, x_adv)
@@ -165,6 +179,9 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     lr = schedule(state.step)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if config.method in ('rebat', 'rpat_plus_plus'):  # [S] logs a clean train-mode forward after the step,
+      _, post_step_stats = forward.train_logits(state.params, state.batch_stats, x)  # moving BN statistics.
+      state = state.replace(batch_stats=post_step_stats)
     if config.ema.enabled:  # A copy before ema.start_epoch, then an average per step ([S]'s WA).
       decay = jnp.where(epoch >= config.ema.start_epoch, config.ema.decay, 0.0)
       state = state.replace(ema=update_average(state.ema, state.params, state.batch_stats, decay))

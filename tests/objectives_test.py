@@ -122,3 +122,18 @@ def test_jensen_shannon_against_numpy():
   expected = 0.5 * ((p1 * (np.log(p1) - log_m)).sum() + (p2 * (np.log(p2) - log_m)).sum()) / 5
   np.testing.assert_allclose(value, expected, rtol=1e-5)
   assert float(objectives.jensen_shannon(jnp.asarray(z1), jnp.asarray(z1), 0.5)) == pytest.approx(0, abs=1e-6)
+
+
+def test_rebat_and_rpat_plus_plus_terms_against_numpy():
+  rng = np.random.default_rng(9)
+  teacher_adv, teacher_clean, teacher_interp, z_adv = (rng.normal(size=(4, 10)).astype(np.float32) for _ in range(4))
+  kl = lambda target, logits: (_softmax(target) * (np.log(_softmax(target)) - np.log(_softmax(logits)))).sum() / 4
+  np.testing.assert_allclose(objectives.boat_kl(jnp.asarray(teacher_adv), jnp.asarray(z_adv)),
+                             kl(teacher_adv.astype(np.float64), z_adv.astype(np.float64)), rtol=1e-5)
+  value = objectives.rpat_plus_plus_kl(*map(jnp.asarray, (teacher_clean, teacher_interp, z_adv)), rate=0.5)
+  expected = kl(teacher_interp.astype(np.float64) - 0.5 * teacher_clean, 0.5 * z_adv.astype(np.float64))
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  # Only the online logits carry gradient.
+  grads = jax.grad(lambda t, z: objectives.rpat_plus_plus_kl(t, t, z, 0.5), argnums=(0, 1))(
+      jnp.asarray(teacher_clean), jnp.asarray(z_adv))
+  assert float(jnp.abs(grads[0]).max()) == 0 and float(jnp.abs(grads[1]).max()) > 0

@@ -165,3 +165,32 @@ def test_consistency_at_attacks_two_views_and_shares_lambda_unless_separated():
                              + 0.5 * separate['rpat_loss'], rtol=1e-5)
   _, plain = _run({'method': 'consistency', 'rpat.enabled': False})
   np.testing.assert_allclose(plain['loss'], plain['ce_loss'] + 1.0 * plain['consistency_loss'], rtol=1e-5)
+
+
+@pytest.mark.parametrize('method', ['rebat', 'rpat_plus_plus'])
+def test_rebat_methods_add_the_teacher_term_from_the_warmup_epoch(method):
+  overrides = {'method': method, 'rpat.enabled': False, 'ema.enabled': True, 'attack.bn_mode': 'train'}
+  config, forward, state, batch = _setup(**overrides, **{'ema.start_epoch': 1})
+  step = jax.jit(steps.make_train_step(config, forward, steps_per_epoch=1))  # Step s is in epoch s.
+  first, warmup = step(state, batch, jax.random.key(0))  # Epoch 0: the term is computed, not added.
+  np.testing.assert_allclose(warmup['loss'], warmup['ce_loss'], rtol=1e-6)
+  chex.assert_trees_all_close(first.ema['params'], first.params)  # A copy during warm-up.
+  second, metrics = step(first, batch, jax.random.key(0))
+  assert float(metrics['teacher_loss']) > 0
+  np.testing.assert_allclose(metrics['loss'], metrics['ce_loss'] + 1.0 * metrics['teacher_loss'], rtol=1e-5)
+  assert int(second.step) == 2
+
+
+def test_config_strings_give_the_sotas_recipe():
+  from configs import prn18
+  from rpat_jax import config_validation, threats
+  config = threats.resolve(prn18.get_config('rpat_plus_plus'))
+  assert (config.method, config.rpat.enabled, config.ema.enabled, config.ema.start_epoch) == (
+      'rpat_plus_plus', False, True, 105)
+  assert (config.schedule.name, config.data.pad_mode, config.model.normalize, config.attack.bn_mode) == (
+      'rebat_piecewise', 'reflect', True, 'train')
+  config.data.name = 'synthetic'  # CIFAR-10 is not prepared here.
+  config_validation.validate(config, device_count=1)
+  config.ema.enabled = False
+  with pytest.raises(config_validation.ConfigError, match='ema.enabled'):
+    config_validation.validate(config, device_count=1)
