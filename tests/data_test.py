@@ -117,3 +117,46 @@ def test_cifar10_jpeg(tmp_path):
   assert dataset.num_classes == 10
   np.testing.assert_array_equal(np.bincount(dataset.train_labels), [5000] * 10)
   np.testing.assert_array_equal(np.bincount(dataset.test_labels), [1000] * 10)
+
+
+def _fake_tiny_imagenet(root, rng):
+  """A tiny-imagenet-200 layout: 3 classes x 4 train images (one grayscale), 6 val images."""
+  from PIL import Image
+  wnids = ['n03', 'n01', 'n02']  # Unsorted on purpose: labels follow the sorted order.
+  os.makedirs(root / 'val' / 'images')
+  (root / 'wnids.txt').write_text('\n'.join(wnids) + '\n')
+  pixels = {}
+  for wnid in wnids:
+    os.makedirs(root / 'train' / wnid / 'images')
+    for i in range(4):
+      mode = 'L' if (wnid, i) == ('n02', 0) else 'RGB'
+      shape = (64, 64) if mode == 'L' else (64, 64, 3)
+      path = root / 'train' / wnid / 'images' / f'{wnid}_{i}.JPEG'
+      Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path, quality=90)
+      pixels[path.name] = np.asarray(Image.open(path).convert('RGB'))
+  lines = []
+  for i in range(6):
+    path = root / 'val' / 'images' / f'val_{i}.JPEG'
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path, quality=90)
+    pixels[path.name] = np.asarray(Image.open(path).convert('RGB'))
+    lines.append(f'val_{i}.JPEG\t{wnids[i % 3]}\t0\t0\t63\t63')
+  (root / 'val' / 'val_annotations.txt').write_text('\n'.join(lines) + '\n')
+  return pixels
+
+
+def test_tiny_imagenet_is_prepared_from_its_folder_and_read_like_any_tfds_dataset(tmp_path):
+  from rpat_jax.data import tiny_imagenet
+  pixels = _fake_tiny_imagenet(tmp_path / 'tiny-imagenet-200', np.random.default_rng(0))
+  tiny_imagenet.prepare(str(tmp_path / 'tiny-imagenet-200'), str(tmp_path / 'tfds'))
+  config = default.get_config().data
+  config.name, config.data_dir, config.cache_dir = 'tiny_imagenet', str(tmp_path / 'tfds'), str(tmp_path / 'cache')
+  dataset = data.load_dataset(config)
+  assert dataset.train_images.shape == (12, 64, 64, 3) and dataset.test_images.shape == (6, 64, 64, 3)
+  assert dataset.num_classes == 3
+  by_image = {image.tobytes(): label for image, label in zip(dataset.train_images, dataset.train_labels)}
+  for name, image in pixels.items():  # The decoded pixels (gray -> 3 channels) and sorted-wnid labels.
+    if name.startswith('n0'):
+      assert by_image[image.tobytes()] == {'n01': 0, 'n02': 1, 'n03': 2}[name[:3]], name
+  test_by_image = {image.tobytes(): label for image, label in zip(dataset.test_images, dataset.test_labels)}
+  for i in range(6):
+    assert test_by_image[pixels[f'val_{i}.JPEG'].tobytes()] == {'n03': 2, 'n01': 0, 'n02': 1}[['n03', 'n01', 'n02'][i % 3]]

@@ -1,0 +1,97 @@
+"""Tiny-ImageNet (64x64, 200 classes) as a TFDS ArrayRecord dataset, prepared without TensorFlow from
+the standard `tiny-imagenet-200` folder; Tiny-ImageNet is not in the TFDS catalog.
+
+  python -m rpat_jax.data.tiny_imagenet --source=/data/tiny-imagenet-200 --data_dir=~/tensorflow_datasets
+  python -m rpat_jax.main --config=configs/prn18.py --workdir=runs/tin \
+      --config.data.name=tiny_imagenet --config.data.data_dir=~/tensorflow_datasets
+
+Splits as the official code reads them (`tiny_pre.py` + torchvision `ImageFolder`): train =
+train/<wnid>/images/*.JPEG (100,000 images), test = val/images with the labels of val_annotations.txt
+(10,000); label k = the k-th wnid of wnids.txt in sorted order (ImageFolder sorts class folders). The
+images keep their original JPEG bytes; the few grayscale ones decode to three equal channels, as PIL's
+convert('RGB') that ImageFolder applies.
+"""
+
+import os
+import sys
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import tensorflow_datasets as tfds
+from absl import app
+from absl import flags
+
+IMAGE_SIZE = 64
+
+
+def read_layout(source_dir: str) -> Tuple[List[str], Dict[str, List[Tuple[str, int]]]]:
+  """(sorted wnids, {'train': [(path, label)], 'test': [(path, label)]}) of a tiny-imagenet-200 folder."""
+  wnids_file = os.path.join(source_dir, 'wnids.txt')
+  if not os.path.exists(wnids_file):
+    raise FileNotFoundError(f'{source_dir} is not a tiny-imagenet-200 folder: no wnids.txt')
+  with open(wnids_file) as f:
+    wnids = sorted(line.strip() for line in f if line.strip())
+  label_of = {wnid: index for index, wnid in enumerate(wnids)}
+  train = []
+  for wnid in wnids:
+    folder = os.path.join(source_dir, 'train', wnid, 'images')
+    train += [(os.path.join(folder, name), label_of[wnid]) for name in sorted(os.listdir(folder))
+              if name.lower().endswith(('.jpeg', '.jpg'))]
+  test = []
+  with open(os.path.join(source_dir, 'val', 'val_annotations.txt')) as f:
+    for line in f:
+      fields = line.split('\t')
+      if len(fields) >= 2:
+        test.append((os.path.join(source_dir, 'val', 'images', fields[0]), label_of[fields[1]]))
+  return wnids, {'train': train, 'test': test}
+
+
+class TinyImagenet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Builds `tiny_imagenet` from a local folder (`source_dir`); no download. Unregistered, so readers
+  (`tfds.data_source`) take the class count and features from the prepared files, not from here."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def __init__(self, *, source_dir: Optional[str] = None, **kwargs):
+    self._source_dir = source_dir
+    self._layout = read_layout(source_dir) if source_dir else None
+    super().__init__(**kwargs)
+
+  def _info(self):
+    num_classes = len(self._layout[0]) if self._layout else 200
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format='jpeg'),
+        'label': tfds.features.ClassLabel(num_classes=num_classes)}))
+
+  def _split_generators(self, dl_manager):
+    if self._layout is None:
+      raise ValueError('TinyImagenet needs source_dir, the tiny-imagenet-200 folder')
+    return {split: self._generate_examples(examples) for split, examples in self._layout[1].items()}
+
+  def _generate_examples(self, examples) -> Iterator:
+    for path, label in examples:
+      yield os.path.basename(path), {'image': path, 'label': label}
+
+
+def prepare(source_dir: str, data_dir: str) -> str:
+  """Writes `tiny_imagenet` into data_dir; returns the dataset's directory."""
+  builder = TinyImagenet(source_dir=source_dir, data_dir=os.path.expanduser(data_dir), file_format='array_record')
+  builder.download_and_prepare()
+  return builder.data_dir
+
+
+_SOURCE = flags.DEFINE_string('source', None, 'The tiny-imagenet-200 folder (wnids.txt, train/, val/).')
+_DATA_DIR = flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'The TFDS data_dir to write into.')
+
+
+def main(argv):
+  del argv
+  try:
+    print(prepare(_SOURCE.value, _DATA_DIR.value))
+  except (FileNotFoundError, KeyError, ValueError) as error:
+    print(f'rpat_jax.data.tiny_imagenet: error: {error}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['source'])
+  app.run(main)
