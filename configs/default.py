@@ -32,7 +32,7 @@ def get_config():
   config.model.width = 32  # small_cnn only: base channel count.
   config.model.depth = 34  # wide_resnet only.
   config.model.widen_factor = 10  # wide_resnet only.
-  config.model.stem_stride = 1  # resnet18_bottleneck only: 1 for 32x32, 2 for 64x64 inputs.
+  config.model.stem_stride = 1  # resnet18_bottleneck, wide_resnet: 1 for 32x32, 2 for 64x64 inputs ([B]).
   # Input normalisation inside the forward pass. The official RPAT_Benchmarks code has none (False);
   # its RPAT_SOTAs part normalises with CIFAR-10 statistics.
   config.model.normalize = False
@@ -168,6 +168,8 @@ CONFIG_ARGS = {
     'smoke': _smoke,
     'cifar10': _setter('data.name', 'cifar10'),
     'cifar100': _setter('data.name', 'cifar100'),
+    'tiny_imagenet': lambda config: (_setter('data.name', 'tiny_imagenet')(config),
+                                     _setter('model.stem_stride', 2)(config)),
     'pgd_at': _setter('method', 'pgd_at'),
     'trades': _setter('method', 'trades'),
     'mart': _setter('method', 'mart'),
@@ -185,7 +187,7 @@ def apply_arg(config, arg):
   """Applies a config string (`--config=configs/prn18.py:cifar100,trades,rpat,l2`), left to right.
 
   Words: smoke (a CPU-sized check of the same model: synthetic data, 1 epoch, PGD-2), cifar10,
-  cifar100, pgd_at, trades, mart, consistency, rebat, rpat_plus_plus (each with [S]'s whole recipe),
+  cifar100, tiny_imagenet (also the stride-2 stem of [B]'s models for 64x64), pgd_at, trades, mart, consistency, rebat, rpat_plus_plus (each with [S]'s whole recipe),
   rpat, no_rpat, linf, l2. An unknown word raises a ValueError naming
   the allowed ones.
   """

@@ -21,7 +21,7 @@ from rpat_jax import models
 # The keys of config.model that each architecture takes besides num_classes and dtype.
 _MODEL_KWARGS = {
     'small_cnn': ('width',),
-    'wide_resnet': ('depth', 'widen_factor'),
+    'wide_resnet': ('depth', 'widen_factor', 'stem_stride'),
     'resnet18_bottleneck': ('stem_stride',),
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}

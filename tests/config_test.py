@@ -65,6 +65,9 @@ def test_config_strings_select_one_table_row():
                                                                                        False, 'l2')
   assert (config.attack.eps, config.attack.step_size) == (128 / 255, 15 / 255)
   assert config.model.name == 'preact_resnet18' and config.beta == 6.0
+  config = threats.resolve(resnet18.get_config('tiny_imagenet,pgd_at'))
+  assert (config.data.name, config.model.stem_stride, config.model.name) == ('tiny_imagenet', 2,
+                                                                             'resnet18_bottleneck')
   config = threats.resolve(wrn.get_config('mart,rpat,smoke'))
   assert (config.method, config.rpat.enabled, config.data.name, config.attack.eps) == ('mart', True, 'synthetic',
                                                                                        8 / 255)

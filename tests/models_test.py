@@ -28,8 +28,15 @@ def test_parameter_counts_match_pytorch(name, fields, expected):
   assert _param_count(name, num_classes=100, **fields) == expected + 90 * (features + 1)
 
 
-def test_bottleneck_stem_stride_two_runs_on_64x64_with_the_same_parameters():
-  assert _param_count('resnet18_bottleneck', size=64, stem_stride=2) == 13_958_986
+@pytest.mark.parametrize('name,fields,expected', [('resnet18_bottleneck', {}, 13_958_986),
+                                                  ('wide_resnet', {'depth': 10, 'widen_factor': 1}, 77_850)])
+def test_stem_stride_two_halves_64x64_inputs_with_the_same_parameters(name, fields, expected):
+  assert _param_count(name, size=64, stem_stride=2, **fields) == _param_count(name, **fields) == expected
+  model = models.create_model(name, 10, stem_stride=2, **fields)
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=['intermediates'])
+  assert state['intermediates']['stem']['__call__'][0].shape[1:3] == (32, 32)
 
 
 @pytest.mark.parametrize('name', ['preact_resnet18', 'resnet18', 'resnet18_bottleneck', 'wide_resnet'])

@@ -20,7 +20,7 @@ _MODELS = {
     'preact_resnet18': PreActResNet18,
     'resnet18': ResNet18,  # standard BasicBlock form
     'resnet18_bottleneck': ResNet18Bottleneck,  # the official code's "ResNet-18"; fields: stem_stride
-    'wide_resnet': WideResNet,  # fields: depth, widen_factor
+    'wide_resnet': WideResNet,  # fields: depth, widen_factor, stem_stride
 }
 MODEL_NAMES = tuple(_MODELS)
 

@@ -36,6 +36,7 @@ class WideResNet(nn.Module):
   num_classes: int
   depth: int = 34
   widen_factor: int = 10
+  stem_stride: int = 1  # 2 for 64x64 Tiny-ImageNet, as RPAT_Benchmarks' WRN.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -43,7 +44,8 @@ class WideResNet(nn.Module):
     if (self.depth - 4) % 6:
       raise ValueError(f'model.depth={self.depth}: WideResNet needs depth = 6n + 4 (e.g. 28, 34)')
     per_group = (self.depth - 4) // 6
-    x = layers.conv(16, 3, 1, self.dtype, init=layers.kaiming_normal_fan_out, name='stem')(x.astype(self.dtype))
+    x = layers.conv(16, 3, self.stem_stride, self.dtype, init=layers.kaiming_normal_fan_out,
+                    name='stem')(x.astype(self.dtype))
     for group, stride in enumerate((1, 2, 2)):
       for i in range(per_group):
         x = WideBlock(16 * 2 ** group * self.widen_factor, stride if i == 0 else 1, self.dtype)(x, train)
