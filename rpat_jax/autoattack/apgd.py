@@ -196,8 +196,3 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, keys: Optional[jax.Arr
   fooled = (jnp.argmax(clean_logits, axis=1) == y) & ~still_robust
   return {'x_adv': x_adv, 'fooled': fooled, 'first_run': first_run,
           'zero_gradient_points': zero_grads if loss != 'ce' else jnp.zeros((), jnp.int32)}
-
-
-def num_runs(loss: str, n_restarts: int, n_target_classes: int) -> int:
-  return n_restarts * (n_target_classes if loss == 'dlr-targeted' else 1)
-

@@ -197,16 +197,20 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   if x.ndim != 4 or len(x) != len(y) or x.min() < 0 or x.max() > 1:
     raise ValueError(f'x must be [N, H, W, C] in [0, 1] with one label each; got {x.shape}, {y.shape}')
   started = time.time()
-  predict = jax.jit(lambda images: jnp.argmax(logits_fn(images), axis=1))
+  compiled_logits = jax.jit(logits_fn)  # One compiled forward for the checks and every prediction.
+
+  def predict(images):
+    """argmax predictions of images [n <= batch_size, ...], padded to the chunk shapes."""
+    padded = images[_pad(np.arange(len(images)), batch_size)]
+    return np.asarray(compiled_logits(jnp.asarray(padded))).argmax(1)[:len(images)].astype(np.int32)
 
   def predictions(images):
     out = np.empty(len(images), np.int32)
     for _, chunk in _chunks(np.arange(len(images)), batch_size):
-      out[chunk] = np.asarray(predict(jnp.asarray(images[_pad(chunk, batch_size)])))[:len(chunk)]
+      out[chunk] = predict(images[chunk])
     return out
 
   first = x[:batch_size]
-  compiled_logits = jax.jit(logits_fn)
   num_classes = int(np.asarray(compiled_logits(jnp.asarray(first))).shape[1])
   flags = {'randomized': checks.randomized(compiled_logits, first, y[:batch_size]),
            'range_output': checks.range_output(compiled_logits, first),
@@ -233,7 +237,7 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
       padded = _pad(chunk, batch_size)
       x_found, zero_points = attack(jnp.asarray(x[padded]), jnp.asarray(y[padded]), jnp.asarray(padded, jnp.int32))
       x_found = np.asarray(x_found)[:len(chunk)]
-      predicted = np.asarray(predict(jnp.asarray(_pad_images(x_found, batch_size))))[:len(chunk)]
+      predicted = predict(x_found)
       fooled = predicted != y[chunk]
       state.robust[chunk[fooled]] = False
       state.x_adv[chunk[fooled]], state.y_adv[chunk[fooled]] = x_found[fooled], predicted[fooled]
@@ -259,10 +263,3 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   log(f'robust accuracy: {result["robust_acc"]:.2%}; max {norm} perturbation {result["max_perturbation"]:.5f}, '
       f'nan {result["nan_count"]}, x_adv in [{state.x_adv.min():.3f}, {state.x_adv.max():.3f}]')
   return result
-
-
-def _pad_images(images: np.ndarray, batch_size: int) -> np.ndarray:
-  size = _padded_size(len(images), batch_size)
-  if len(images) == size:
-    return images
-  return np.concatenate([images, np.repeat(images[-1:], size - len(images), axis=0)])

@@ -113,6 +113,17 @@ def _l2_norm(v: jax.Array) -> jax.Array:
 _THREATS = {'Linf': (project_linf, _linf_norm), 'L2': (project_l2, _l2_norm)}
 
 
+def _flat_problem(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, norm: str):
+  """(project, norm_of, x, y, x0 [B, D], flat_logits_fn): the shared set-up of both FAB variants, which
+  work on flattened images."""
+  if norm not in _THREATS:
+    raise ValueError(f'norm={norm!r}; allowed: {", ".join(_THREATS)}')
+  project, norm_of = _THREATS[norm]
+  x = lax.stop_gradient(x.astype(jnp.float32))
+  flat_logits_fn = lambda v: logits_fn(v.reshape(x.shape))
+  return project, norm_of, x, y.astype(jnp.int32), x.reshape(x.shape[0], -1), flat_logits_fn
+
+
 def _fab_run(logits_fn, linearise, x0, x1, y, *, project, norm_of, n_iter, alpha_max, eta, beta):
   """One official `attack_single_run` on every row of x0 [B, D], starting from x1 [B, D].
 
@@ -238,14 +249,7 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, norm: str =
     first_target [B] int32: the j (2..n_target_classes + 1) whose run fooled the point, 0 if none.
     target_norms [n_target_classes, B] float32: each run's best norm (inf where none or not run).
   """
-  if norm not in _THREATS:
-    raise ValueError(f'norm={norm!r}; allowed: {", ".join(_THREATS)}')
-  project, norm_of = _THREATS[norm]
-  x = lax.stop_gradient(x.astype(jnp.float32))
-  y = y.astype(jnp.int32)
-  batch = x.shape[0]
-  x0 = x.reshape(batch, -1)
-  flat_logits_fn = lambda v: logits_fn(v.reshape(x.shape))
+  project, norm_of, x, y, x0, flat_logits_fn = _flat_problem(logits_fn, x, y, norm)
   clean_logits = logits_fn(x).astype(jnp.float32)
   if clean_logits.shape[1] < n_target_classes + 1:
     raise ValueError(f'{clean_logits.shape[1]} classes cannot give {n_target_classes} targets')
@@ -307,16 +311,10 @@ def fab_untargeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, keys: Option
     first_restart [B] int32: the restart (0-based) that fooled the point, -1 if none.
     restart_norms [n_restarts, B] float32: each restart's best norm (inf where none or not run).
   """
-  if norm not in _THREATS:
-    raise ValueError(f'norm={norm!r}; allowed: {", ".join(_THREATS)}')
   if n_restarts > 1 and keys is None and noise is None:
     raise ValueError('fab_untargeted with n_restarts > 1 needs `keys` (one per point) or `noise`')
-  project, norm_of = _THREATS[norm]
-  x = lax.stop_gradient(x.astype(jnp.float32))
-  y = y.astype(jnp.int32)
+  project, norm_of, x, y, x0, flat_logits_fn = _flat_problem(logits_fn, x, y, norm)
   batch = x.shape[0]
-  x0 = x.reshape(batch, -1)
-  flat_logits_fn = lambda v: logits_fn(v.reshape(x.shape))
   correct = jnp.argmax(logits_fn(x), axis=1) == y
   linearise = _closest_class_linearisation(flat_logits_fn, y, _DUAL_NORMS[norm])
   eps32 = jnp.asarray(eps, jnp.float32)
