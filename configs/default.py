@@ -32,7 +32,9 @@ def get_config():
   config.model.width = 32  # small_cnn only: base channel count.
   config.model.depth = 34  # wide_resnet only.
   config.model.widen_factor = 10  # wide_resnet only.
-  config.model.stem_stride = 1  # resnet18_bottleneck, wide_resnet: 1 for 32x32, 2 for 64x64 inputs ([B]).
+  # resnet18_bottleneck, wide_resnet: 1 for 32x32, 2 for 64x64 inputs ([B]); preact_resnet18_benchmarks is
+  # always 2, as [B]'s pre_resnet18.
+  config.model.stem_stride = 1
   # Input normalisation inside the forward pass. The official RPAT_Benchmarks code has none (False);
   # its RPAT_SOTAs part normalises with CIFAR-10 statistics.
   config.model.normalize = False
@@ -116,6 +118,9 @@ def get_config():
   config.rebat = ml_collections.ConfigDict()
   config.rebat.beta = 1.0
   config.rebat.rate = 0.5
+  # The teacher's BatchNorm: 'eval' (running statistics, always; ours) or 'official' ([S]'s accident: batch
+  # statistics during the average's first epoch ema.start_epoch, which also move its running statistics).
+  config.rebat.teacher_bn = 'eval'
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 3  # The last N epochs are kept; the best by test PGD accuracy separately.
@@ -143,8 +148,11 @@ def _setter(path, value):
 
 
 def _tiny_imagenet(config):
+  """Tiny-ImageNet with [B]'s 64x64 models: stride-2 stems, and [B]'s own PreActResNet-18 (BN stem)."""
   config.data.name = 'tiny_imagenet'
   config.model.stem_stride = 2  # [B]'s ResNet-18 and WRN on 64x64 inputs.
+  if config.model.name == 'preact_resnet18':
+    config.model.name = 'preact_resnet18_benchmarks'  # [B]'s `pre_resnet18`: the paper's Tiny rows.
 
 
 def _sotas_recipe(config, method):

@@ -17,6 +17,7 @@ DTYPES = ('float32', 'bfloat16')
 BN_MODES = ('eval', 'train')
 RPAT_FORMS = ('code', 'paper')
 SCHEDULES = ('multistep', 'rebat_piecewise', 'constant')
+TEACHER_BN_MODES = ('eval', 'official')
 PAD_MODES = ('constant', 'reflect')
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 # An eps at or above these is almost surely in 0-255 pixel units (8 instead of 8/255).
@@ -98,6 +99,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
              f'rebat.beta={config.rebat.beta!r} must be a number >= 0')
     _require(isinstance(config.rebat.rate, (int, float)) and 0 < config.rebat.rate < 1,
              f'rebat.rate={config.rebat.rate!r}; allowed: strictly between 0 and 1')
+    _choice('rebat.teacher_bn', config.rebat.teacher_bn, TEACHER_BN_MODES)
   _positive('consistency.temperature', config.consistency.temperature)
   _require(config.consistency.lam is None or (isinstance(config.consistency.lam, (int, float))
                                               and config.consistency.lam >= 0),

@@ -11,7 +11,8 @@ normalise inputs with the CIFAR mean and std outside the model, so their models 
 
 Layouts (the key names of the PyTorch code a state_dict came from), per model:
 - `preact_resnet18`: `rpat_sotas` (= ReBAT): conv1, layer{1-4}.{0,1}.{bn1,conv1,bn2,conv2,shortcut.0}, bn, linear.
-  RPAT_Benchmarks' `pre_resnet18` is another network (BN stem of stride 2, no final BN): not supported.
+- `preact_resnet18_benchmarks`: `rpat_benchmarks` (RPAT_Benchmarks' `pre_resnet18`): conv1, bn1,
+  layer*.*.{bn1,conv1,bn2,conv2,shortcut.0}, linear.
 - `resnet18`: `kuangliu` (AutoAttack's example; RPAT_Benchmarks' BasicBlock has the same keys): conv1, bn1,
   layer*.*.{conv1,bn1,conv2,bn2,shortcut.0,shortcut.1}, linear.
 - `resnet18_bottleneck`: `rpat_benchmarks`: as `kuangliu` plus conv3, bn3 in every block.
@@ -38,6 +39,7 @@ from rpat_jax import models
 # model name -> {layout: the name of the classifier module}; the first layout is the default for export.
 LAYOUTS = {
     'preact_resnet18': {'rpat_sotas': 'linear'},
+    'preact_resnet18_benchmarks': {'rpat_benchmarks': 'linear'},
     'resnet18': {'kuangliu': 'linear', 'rpat_benchmarks': 'linear'},
     'resnet18_bottleneck': {'rpat_benchmarks': 'linear'},
     'wide_resnet': {'rpat_sotas': 'fc', 'rpat_benchmarks': 'linear'},
@@ -45,6 +47,7 @@ LAYOUTS = {
 # Flax module names -> PyTorch ones, per model: the stem, the final / stem BatchNorm, the shortcut layers.
 _TOP_LEVEL = {
     'preact_resnet18': {'stem': 'conv1', 'final_bn': 'bn'},
+    'preact_resnet18_benchmarks': {'stem': 'conv1', 'stem_bn': 'bn1'},
     'resnet18': {'stem': 'conv1', 'stem_bn': 'bn1'},
     'resnet18_bottleneck': {'stem': 'conv1', 'stem_bn': 'bn1'},
     'wide_resnet': {'stem': 'conv1', 'final_bn': 'bn1'},
@@ -163,8 +166,8 @@ def _hint(model_name: str, state_dict: Mapping[str, Any]) -> str:
   if (model_name == 'preact_resnet18' and 'bn.weight' not in state_dict
       and np.shape(state_dict.get('bn1.weight')) == (64,)
       and np.shape(state_dict.get('layer2.0.bn1.weight')) == (64,)):
-    return (" (this looks like RPAT_Benchmarks' pre_resnet18: a BN stem and no final BN, which our"
-            ' preact_resnet18, the ReBAT / RPAT_SOTAs network, does not have)')
+    return (" (this looks like RPAT_Benchmarks' pre_resnet18: a BN stem and no final BN; convert it with"
+            ' --model=preact_resnet18_benchmarks)')
   return ''
 
 

@@ -91,6 +91,36 @@ def _adversarial_examples(config: ml_collections.ConfigDict, logits_fn, key, x, 
   return attacks.small_noise_pgd(logits_fn, key, x, loss_fn, **hyper)
 
 
+def _teacher_logits(config: ml_collections.ConfigDict, forward: Forward, ema, epoch, x, x_adv):
+  """The weight average's logits for ReBAT ([z(x')]) or RPAT++ ([z(x), z(x + r delta)], [S]'s order), and
+  the average's BN statistics afterwards.
+
+  `rebat.teacher_bn='eval'`: running statistics, always. 'official': [S]'s accident, where the average is
+  still in train mode during its first epoch (`ema.start_epoch`): batch statistics, and each teacher
+  forward moves its running statistics before that step's EMA update.
+  """
+  if config.method == 'rebat':
+    inputs = [x_adv]
+  else:
+    inputs = [x, jnp.clip(x + config.rebat.rate * (x_adv - x), 0.0, 1.0)]
+
+  def eval_mode(stats):
+    return [forward.eval_logits(ema['params'], stats, image) for image in inputs], stats
+
+  def train_mode(stats):
+    outputs = []
+    for image in inputs:
+      logits, stats = forward.train_logits(ema['params'], stats, image)
+      outputs.append(logits)
+    return outputs, stats
+
+  if config.rebat.teacher_bn == 'eval':
+    outputs, stats = eval_mode(ema['batch_stats'])
+  else:
+    outputs, stats = jax.lax.cond(epoch == config.ema.start_epoch, train_mode, eval_mode, ema['batch_stats'])
+  return jax.lax.stop_gradient(outputs), stats
+
+
 def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_per_epoch: int):
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)` for `config`.
 
@@ -130,6 +160,10 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
         z_clean, z_adv = jax.lax.stop_gradient(z_clean), jax.lax.stop_gradient(z_adv)
       return regulariser(z_interp, z_clean, z_adv, rates)
 
+    teacher_logits, teacher_stats = None, None
+    if config.method in ('rebat', 'rpat_plus_plus'):  # The weight average's logits: no gradient.
+      teacher_logits, teacher_stats = _teacher_logits(config, forward, state.ema, epoch, x, x_adv)
+
     def loss_fn(params):
       aux = {}
       if config.method in ('pgd_at', 'consistency'):
@@ -147,13 +181,10 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
       elif config.method in ('rebat', 'rpat_plus_plus'):  # [S]: one online forward; the average teaches.
         z_adv, stats = forward.train_logits(params, state.batch_stats, x_adv)
         base_loss = objectives.cross_entropy(z_adv, labels)
-        teacher = functools.partial(forward.eval_logits, state.ema['params'], state.ema['batch_stats'])
         if config.method == 'rebat':
-          regulariser_loss = objectives.boat_kl(teacher(x_adv), z_adv)
+          regulariser_loss = objectives.boat_kl(teacher_logits[0], z_adv)
         else:
-          rate = config.rebat.rate
-          x_interp = jnp.clip(x + rate * (x_adv - x), 0.0, 1.0)
-          regulariser_loss = objectives.rpat_plus_plus_kl(teacher(x), teacher(x_interp), z_adv, rate)
+          regulariser_loss = objectives.rpat_plus_plus_kl(*teacher_logits, z_adv, config.rebat.rate)
         regulariser_loss = jnp.where(regulariser_loss < 1e10, regulariser_loss, 0.0)  # [S]'s NaN/inf guard.
         aux.update(ce_loss=base_loss, teacher_loss=regulariser_loss)
         beta = jnp.where(epoch >= config.ema.start_epoch, config.rebat.beta, 0.0)  # From the warm-up epoch.
@@ -184,7 +215,8 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
       state = state.replace(batch_stats=post_step_stats)
     if config.ema.enabled:  # A copy before ema.start_epoch, then an average per step ([S]'s WA).
       decay = jnp.where(epoch >= config.ema.start_epoch, config.ema.decay, 0.0)
-      state = state.replace(ema=update_average(state.ema, state.params, state.batch_stats, decay))
+      ema = state.ema if teacher_stats is None else {**state.ema, 'batch_stats': teacher_stats}
+      state = state.replace(ema=update_average(ema, state.params, state.batch_stats, decay))
     metrics = {'loss': loss, 'lr': lr, **aux}
     return state, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), metrics)
 

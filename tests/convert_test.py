@@ -34,6 +34,8 @@ _TOLERANCE = 1e-4  # max |ours - torch| / max |torch|, float32 at full matmul pr
 _WRN_16_2 = {'depth': 16, 'widen_factor': 2}
 CASES = {
     'preact_resnet18': ('preact_resnet18', 'rpat_sotas', torch_models.PreActResNet18, {}),
+    'preact_resnet18_benchmarks': ('preact_resnet18_benchmarks', 'rpat_benchmarks',
+                                   torch_models.PreActResNet18Benchmarks, {}),
     'resnet18': ('resnet18', 'kuangliu', torch_models.ResNet18, {}),
     'resnet18_bottleneck': ('resnet18_bottleneck', 'rpat_benchmarks',
                             functools.partial(torch_models.ResNet18, bottleneck=True), {}),
@@ -49,9 +51,13 @@ def _numpy_state(module) -> dict:
   return {key: value.numpy() for key, value in module.state_dict().items()}
 
 
+_IMAGE_SIZE = {'preact_resnet18_benchmarks': 64}  # [B]'s pre_resnet18 only runs on 64x64 inputs.
+
+
 def _relative_difference(model_name: str, variables, network, fields, seed: int = 0) -> float:
-  """Largest |logit difference| over the largest |torch logit|, on 4 random 32x32 images in [0, 1]."""
-  images = np.random.default_rng(seed).uniform(size=(4, 3, 32, 32)).astype(np.float32)
+  """Largest |logit difference| over the largest |torch logit|, on 4 random images in [0, 1]."""
+  size = _IMAGE_SIZE.get(model_name, 32)
+  images = np.random.default_rng(seed).uniform(size=(4, 3, size, size)).astype(np.float32)
   with torch.no_grad():
     expected = network(torch.from_numpy(images)).numpy()
   model = models.create_model(model_name, expected.shape[1], **fields)
@@ -171,11 +177,9 @@ def test_flax_side_errors_and_unsupported_models():
     convert.torch_to_flax({}, 'small_cnn')
   with pytest.raises(ValueError, match="layout 'kuangliu' is not one of wide_resnet"):
     convert.flax_to_torch(variables, 'wide_resnet', layout='kuangliu')
-  # RPAT_Benchmarks' pre_resnet18 (a 64-channel BN stem `bn1`, no final BN `bn`) is another network: say so.
-  state_dict = {key: value for key, value in _numpy_state(torch_models.PreActResNet18()).items()
-                if not key.startswith('bn.')}
-  state_dict.update({f'bn1.{name}': np.ones(64, np.float32) for name in ('weight', 'bias', 'running_mean')})
-  with pytest.raises(ValueError, match=r"missing key 'bn\.weight'.*RPAT_Benchmarks' pre_resnet18"):
+  # RPAT_Benchmarks' pre_resnet18 (a BN stem `bn1`, no final BN `bn`) is another model name: say which.
+  state_dict = _numpy_state(torch_models.PreActResNet18Benchmarks())
+  with pytest.raises(ValueError, match=r"missing key 'bn\.weight'.*pre_resnet18.*--model=preact_resnet18_benchmarks"):
     convert.torch_to_flax(state_dict, 'preact_resnet18')
 
 

@@ -16,6 +16,7 @@ def _param_count(name, num_classes=10, size=32, **fields):
 
 @pytest.mark.parametrize('name,fields,expected', [
     ('preact_resnet18', {}, 11_172_170),  # ReBAT / RPAT_SOTAs PreActResNet18.
+    ('preact_resnet18_benchmarks', {}, 11_171_274),  # RPAT_Benchmarks' pre_resnet18 (BN stem, no final BN).
     ('resnet18', {}, 11_173_962),  # Standard BasicBlock ResNet-18 (kuangliu).
     ('resnet18_bottleneck', {}, 13_958_986),  # RPAT_Benchmarks' "ResNet-18".
     ('wide_resnet', {}, 46_160_474),  # WRN-34-10.
@@ -29,6 +30,7 @@ def test_parameter_counts_match_pytorch(name, fields, expected):
 
 
 @pytest.mark.parametrize('name,fields,expected', [('resnet18_bottleneck', {}, 13_958_986),
+                                                  ('preact_resnet18_benchmarks', {}, 11_171_274),
                                                   ('wide_resnet', {'depth': 10, 'widen_factor': 1}, 77_850)])
 def test_stem_stride_two_halves_64x64_inputs_with_the_same_parameters(name, fields, expected):
   assert _param_count(name, size=64, stem_stride=2, **fields) == _param_count(name, **fields) == expected
@@ -39,7 +41,8 @@ def test_stem_stride_two_halves_64x64_inputs_with_the_same_parameters(name, fiel
   assert state['intermediates']['stem']['__call__'][0].shape[1:3] == (32, 32)
 
 
-@pytest.mark.parametrize('name', ['preact_resnet18', 'resnet18', 'resnet18_bottleneck', 'wide_resnet'])
+@pytest.mark.parametrize('name', ['preact_resnet18', 'preact_resnet18_benchmarks', 'resnet18', 'resnet18_bottleneck',
+                                  'wide_resnet'])
 def test_outputs_are_float32_logits_even_in_bfloat16(name):
   model = models.create_model(name, 10, dtype=jnp.bfloat16)
   x = jnp.zeros((2, 32, 32, 3))

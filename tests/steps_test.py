@@ -181,6 +181,41 @@ def test_rebat_methods_add_the_teacher_term_from_the_warmup_epoch(method):
   assert int(second.step) == 2
 
 
+@pytest.mark.parametrize('method', ['rebat', 'rpat_plus_plus'])
+def test_official_teacher_bn_uses_batch_statistics_in_the_first_average_epoch_only(method):
+  overrides = {'method': method, 'rpat.enabled': False, 'ema.enabled': True, 'ema.start_epoch': 1}
+  config, forward, state, batch = _setup(**overrides, **{'rebat.teacher_bn': 'official'})
+  x = data.to_float(batch['image'])
+  x_adv = jnp.clip(x + 0.03, 0.0, 1.0)
+  inputs = [x_adv] if method == 'rebat' else [x, jnp.clip(x + 0.5 * (x_adv - x), 0.0, 1.0)]
+  params, stats = state.ema['params'], state.ema['batch_stats']
+  expected_train, moved = [], stats
+  for image in inputs:  # [S]'s order, each forward moving the running statistics.
+    logits, moved = forward.train_logits(params, moved, image)
+    expected_train.append(logits)
+  expected_eval = [forward.eval_logits(params, stats, image) for image in inputs]
+
+  logits, after = steps._teacher_logits(config, forward, state.ema, jnp.asarray(1), x, x_adv)
+  chex.assert_trees_all_close((logits, after), (expected_train, moved), rtol=1e-4, atol=1e-5)
+  assert not np.allclose(jax.tree.leaves(after)[0], jax.tree.leaves(stats)[0])
+  for epoch in (2, 7):  # After its first epoch the teacher is in eval mode, as in [S].
+    logits, after = steps._teacher_logits(config, forward, state.ema, jnp.asarray(epoch), x, x_adv)
+    chex.assert_trees_all_close((logits, after), (expected_eval, stats), rtol=1e-4, atol=1e-5)
+  config.rebat.teacher_bn = 'eval'  # Ours: running statistics in every epoch.
+  logits, after = steps._teacher_logits(config, forward, state.ema, jnp.asarray(1), x, x_adv)
+  chex.assert_trees_all_close((logits, after), (expected_eval, stats), rtol=1e-4, atol=1e-5)
+
+  # A step of epoch 1 averages the nudged statistics: the average's BN statistics leave the eval-mode run's.
+  step = jax.jit(steps.make_train_step(config, forward, steps_per_epoch=1))
+  first, _ = step(state, batch, jax.random.key(0))
+  ours, _ = step(first, batch, jax.random.key(0))
+  config.rebat.teacher_bn = 'official'
+  step = jax.jit(steps.make_train_step(config, forward, steps_per_epoch=1))
+  official, _ = step(first, batch, jax.random.key(0))
+  assert not np.allclose(jax.tree.leaves(official.ema['batch_stats'])[0],
+                         jax.tree.leaves(ours.ema['batch_stats'])[0])
+
+
 def test_config_strings_give_the_sotas_recipe():
   from configs import prn18
   from rpat_jax import config_validation, threats

@@ -5,6 +5,8 @@ registration and the forward pass are those of the sources named in each docstri
 - `PreActResNet18`: RPAT_SOTAs / ReBAT `networks/preactresnet.py`.
 - `ResNet18(bottleneck=False)`: RPAT_Benchmarks `models/resnet.py` BasicBlock (= kuangliu's layout);
   `ResNet18(bottleneck=True)`: its `resnet18`, Bottleneck blocks [2, 2, 2, 2].
+- `PreActResNet18Benchmarks`: RPAT_Benchmarks `models/resnet.py` `pre_resnet18` (BN stem of stride 2, no
+  final BN, avg_pool 4: 64x64 inputs).
 - `WideResNet(depth, widen_factor, head)`: RPAT_SOTAs / ReBAT (`head='fc'`) or RPAT_Benchmarks
   (`head='linear'`) `wideresnet.py`.
 All take NCHW float32 images; none normalises its input.
@@ -52,6 +54,24 @@ class PreActResNet18(nn.Module):
     out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
     out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
     return self.linear(out)
+
+
+class PreActResNet18Benchmarks(nn.Module):
+  def __init__(self, num_classes=10):
+    super().__init__()
+    self.conv1 = _conv(3, 64, 3, stride=2)
+    self.bn1 = nn.BatchNorm2d(64)
+    inputs = 64
+    for stage, width in enumerate((64, 128, 256, 512)):
+      first = _PreActBlock(inputs, width, 2 if stage else 1)
+      setattr(self, f'layer{stage + 1}', nn.Sequential(first, _PreActBlock(width, width, 1)))
+      inputs = width
+    self.linear = nn.Linear(512, num_classes)
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+    return self.linear(F.avg_pool2d(out, 4).flatten(1))
 
 
 class _ResNetBlock(nn.Module):

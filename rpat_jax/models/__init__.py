@@ -11,13 +11,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rpat_jax.models.preact_resnet import PreActResNet18
-from rpat_jax.models.resnet import ResNet18, ResNet18Bottleneck
+from rpat_jax.models.resnet import PreActResNet18Benchmarks, ResNet18, ResNet18Bottleneck
 from rpat_jax.models.small_cnn import SmallCNN
 from rpat_jax.models.wide_resnet import WideResNet
 
 _MODELS = {
     'small_cnn': SmallCNN,  # fields: width
     'preact_resnet18': PreActResNet18,
+    'preact_resnet18_benchmarks': PreActResNet18Benchmarks,  # [B]'s 64x64 variant; fields: stem_stride (2)
     'resnet18': ResNet18,  # standard BasicBlock form
     'resnet18_bottleneck': ResNet18Bottleneck,  # the official code's "ResNet-18"; fields: stem_stride
     'wide_resnet': WideResNet,  # fields: depth, widen_factor, stem_stride

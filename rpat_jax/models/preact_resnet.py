@@ -1,7 +1,8 @@
 """PreActResNet-18 for CIFAR: the standard form used by ReBAT / RPAT_SOTAs (11,172,170 params, K=10).
 
 Stem conv3x3 (no BN), PreAct basic blocks [2, 2, 2, 2] of widths 64-512, final BN-ReLU, global average
-pooling, linear. (RPAT_Benchmarks' `pre_resnet18` is a 64x64 variant with a BN stem and no final BN.)
+pooling, linear. (RPAT_Benchmarks' `pre_resnet18`, a 64x64 variant with a BN stem and no final BN, is
+`preact_resnet18_benchmarks` in models/resnet.py.)
 """
 
 import functools

@@ -4,6 +4,9 @@
 - `ResNet18Bottleneck` (`resnet18_bottleneck`): what the official RPAT_Benchmarks code calls ResNet-18:
   Bottleneck blocks (1x1 -> 3x3 -> 1x1, expansion 4) [2, 2, 2, 2], 2048-d features, 13,958,986 params.
   `stem_stride=2` is its Tiny-ImageNet (64x64) setting.
+- `PreActResNet18Benchmarks` (`preact_resnet18_benchmarks`): RPAT_Benchmarks' `pre_resnet18`, PreAct basic
+  blocks under this ResNet stem (conv + BN + ReLU, stride 2 by default) and no final BN-ReLU; 11,171,274
+  params. It is [B]'s Tiny-ImageNet PreActResNet-18 (the official code only runs it on 64x64 inputs).
 """
 
 import functools
@@ -13,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rpat_jax.models import layers
+from rpat_jax.models.preact_resnet import PreActBlock
 
 
 def _shortcut(x, features: int, stride: int, train: bool, dtype):
@@ -68,3 +72,4 @@ class ResNet(nn.Module):
 
 ResNet18 = functools.partial(ResNet, block=BasicBlock, blocks=(2, 2, 2, 2))
 ResNet18Bottleneck = functools.partial(ResNet, block=Bottleneck, blocks=(2, 2, 2, 2))
+PreActResNet18Benchmarks = functools.partial(ResNet, block=PreActBlock, blocks=(2, 2, 2, 2), stem_stride=2)
