@@ -3,7 +3,8 @@
 Layout: `workdir/checkpoints/<epoch>/` (kept: the last `checkpoint.keep`) and `workdir/best/<epoch>/`
 (kept: 1). Each holds `state` (params, BatchNorm statistics, optimiser state, step, run key) and `meta`
 (JSON: epoch, best accuracy so far, ...). Orbax writes to a temporary directory and renames it when
-complete, so a killed run never leaves a half-written checkpoint that a resume would pick up.
+complete, so a killed run never leaves a half-written checkpoint that a resume would pick up. With
+several processes (jax.distributed) Orbax writes from process 0 and synchronises the others.
 """
 
 import os
@@ -18,12 +19,16 @@ class Checkpoints:
 
   def __init__(self, workdir: str, keep: int):
     workdir = os.path.abspath(workdir)
-    self._last = ocp.CheckpointManager(
-        os.path.join(workdir, 'checkpoints'), item_names=('state', 'meta'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-    self._best = ocp.CheckpointManager(
-        os.path.join(workdir, 'best'), item_names=('state', 'meta'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    # Multi-host: process 0 writes, all wait at barriers named after the step. Both managers save
+    # step N, so each gets its own barrier prefix (one shared name deadlocks the second save).
+    def options(max_to_keep, name):
+      return ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
+    self._last = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state', 'meta'),
+                                       options=options(keep, 'rpat_last'))
+    self._best = ocp.CheckpointManager(os.path.join(workdir, 'best'), item_names=('state', 'meta'),
+                                       options=options(1, 'rpat_best'))
 
   def latest_epoch(self) -> Optional[int]:
     return self._last.latest_step()

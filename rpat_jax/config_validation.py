@@ -6,6 +6,8 @@ exits with status 2.
 
 import math
 
+from typing import Optional
+
 import ml_collections
 
 from rpat_jax import data
@@ -51,16 +53,20 @@ def _budget(key: str, value, norm: str):
            f'e.g. {value:g}/255 = {value / 255:.6f}')
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
-  """Raises ConfigError for the first problem in a config resolved by `threats.resolve`."""
+def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> None:
+  """Raises ConfigError for the first problem in a config resolved by `threats.resolve`.
+
+  device_count: the global device count the batches are split over; None skips those checks (the CLI
+  validates once before it joins the other processes, and again after).
+  """
   _choice('method', config.method, METHODS)
   _require(isinstance(config.beta, (int, float)) and config.beta >= 0,
            f'beta={config.beta!r} must be a number >= 0 (the TRADES / MART weight)')
   _positive('epochs', config.epochs, int)
   _positive('batch_size', config.batch_size, int)
-  _require(config.batch_size % device_count == 0,
-           f'batch_size={config.batch_size} is not divisible by the {device_count} devices; '
-           f'allowed: a multiple of {device_count}')
+  _require(device_count is None or config.batch_size % device_count == 0,
+           f'batch_size={config.batch_size} (global) is not divisible by the {device_count} devices of all '
+           f'processes; allowed: a multiple of {device_count}')
   _require(isinstance(config.seed, int), f'seed={config.seed!r} must be an integer')
 
   _choice('model.name', config.model.name, models.MODEL_NAMES)
@@ -108,8 +114,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   _positive('optimizer.lr', config.optimizer.lr)
   _choice('schedule.name', config.schedule.name, SCHEDULES)
   _positive('eval.batch_size', config.eval.batch_size, int)
-  _require(config.eval.batch_size % device_count == 0,
-           f'eval.batch_size={config.eval.batch_size} is not divisible by the {device_count} devices')
+  _require(device_count is None or config.eval.batch_size % device_count == 0,
+           f'eval.batch_size={config.eval.batch_size} (global) is not divisible by the {device_count} devices '
+           f'of all processes; allowed: a multiple of {device_count}')
   _positive('eval.pgd_steps', config.eval.pgd_steps, int)
   _require(isinstance(config.eval.num_examples, int) and config.eval.num_examples >= 0,
            f'eval.num_examples={config.eval.num_examples!r} must be an integer >= 0 (0 = all)')

@@ -25,7 +25,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from rpat_jax import attacks, autoattack, config_validation, data, metrics_log, optim, steps, threats
+from rpat_jax import (attacks, autoattack, config_validation, data, distributed, metrics_log, optim, parallel,
+                      steps, threats)
 from rpat_jax.autoattack import losses
 from rpat_jax.checkpointing import Checkpoints
 from rpat_jax.forward import Forward
@@ -59,7 +60,8 @@ def restore_variables(config, workdir: str, checkpoint: str, num_classes: int, i
     variables = convert.load_variables(variables_dir)
     return forward, variables['params'], variables['batch_stats'], None
   tx = optim.make_optimizer(config, steps_per_epoch=1)
-  target = jax.jit(lambda: steps.create_train_state(config, forward, tx, image_shape))()
+  target = jax.jit(lambda: steps.create_train_state(config, forward, tx, image_shape),
+                   out_shardings=parallel.replicated(parallel.make_mesh()))()  # Restored replicated.
   which, epoch = (checkpoint, None) if checkpoint in ('best', 'last') else ('last', int(checkpoint))
   state, meta = Checkpoints(workdir, keep=config.checkpoint.keep).restore(target, which=which, epoch=epoch)
   if ema:
@@ -69,31 +71,37 @@ def restore_variables(config, workdir: str, checkpoint: str, num_classes: int, i
   return forward, state.params, state.batch_stats, int(meta['epoch'])
 
 
-def _batched_accuracy(fn, x, y, batch_size):
-  """Mean of fn(x_batch, y_batch, index) -> bool [B] over padded batches (one compile)."""
+def _batched_accuracy(fn, x, y, batch_size, mesh):
+  """Mean of fn(x_batch, y_batch, index) -> bool [B] over padded batches split over the mesh (one compile)."""
+  shard = lambda value: parallel.host_to_global(value, parallel.batch_sharded(mesh))
   correct = np.zeros(len(x), bool)
   for start in range(0, len(x), batch_size):
     index = np.arange(start, min(start + batch_size, len(x)))
     padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
-    correct[index] = np.asarray(fn(jnp.asarray(x[padded]), jnp.asarray(y[padded]), start))[:len(index)]
+    correct[index] = np.asarray(fn(shard(x[padded]), shard(y[padded]), start))[:len(index)]
   return float(correct.mean())
 
 
 def pgd_accuracies(logits_fn, x, y, attack_config, batch_size: int, seed: int):
-  """Clean, PGD-20 (cross-entropy) and CW-20 (margin loss) accuracy with the training threat."""
+  """Clean, PGD-20 (cross-entropy) and CW-20 (margin loss) accuracy with the training threat.
+
+  batch_size: points per call, split over every device (a multiple of the device count).
+  """
   key = jax.random.key(seed)
   hyper = dict(norm=attack_config.norm, eps=attack_config.eps, step_size=attack_config.step_size, steps=PGD_STEPS)
+  mesh = parallel.make_mesh()
+  replicated = parallel.replicated(mesh)
 
-  @functools.partial(jax.jit, static_argnames='loss')
+  @functools.partial(jax.jit, static_argnames='loss', out_shardings=replicated)
   def robust(xb, yb, start, loss):
     loss_fn = attacks.cross_entropy_sum if loss == 'ce' else losses.cw_loss_sum
     x_adv = attacks.pgd(logits_fn, jax.random.fold_in(key, start), xb, yb, loss_fn=loss_fn, **hyper)
     return jnp.argmax(logits_fn(x_adv), -1) == yb
 
-  clean = jax.jit(lambda xb, yb, start: jnp.argmax(logits_fn(xb), -1) == yb)
-  return (_batched_accuracy(clean, x, y, batch_size),
-          _batched_accuracy(functools.partial(robust, loss='ce'), x, y, batch_size),
-          _batched_accuracy(functools.partial(robust, loss='cw'), x, y, batch_size))
+  clean = jax.jit(lambda xb, yb, start: jnp.argmax(logits_fn(xb), -1) == yb, out_shardings=replicated)
+  return (_batched_accuracy(clean, x, y, batch_size, mesh),
+          _batched_accuracy(functools.partial(robust, loss='ce'), x, y, batch_size, mesh),
+          _batched_accuracy(functools.partial(robust, loss='cw'), x, y, batch_size, mesh))
 
 
 def summary(clean: float, robust: float):
@@ -124,19 +132,20 @@ def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000,
   config = threats.resolve(config)
   config_validation.validate(config, jax.device_count())
   autoattack.ensemble.resolve_attacks(aa_version, attack_names)  # Bad attack names fail before any work.
-  dataset = data.load_dataset(config.data)
-  x_all, y_all = dataset.test_images, dataset.test_labels
-  count = len(x_all) if n_examples <= 0 else min(n_examples, len(x_all))
-  x = x_all[:count].astype(np.float32) / 255.0
-  y = y_all[:count].astype(np.int32)
+  info = data.describe(config.data)
+  count = info.num_test if n_examples <= 0 else min(n_examples, info.num_test)
+  images, labels = data.load_rows(config.data, 'test', np.arange(count))  # Only the points evaluated.
+  x = images.astype(np.float32) / 255.0
+  y = labels.astype(np.int32)
   with config.unlocked():
     config.model.dtype = 'bfloat16' if bf16 else 'float32'
-  forward, params, batch_stats, epoch = restore_variables(config, workdir, checkpoint, dataset.num_classes,
+  forward, params, batch_stats, epoch = restore_variables(config, workdir, checkpoint, info.num_classes,
                                                           x.shape[1:], variables_dir, ema)
   if variables_dir:
     checkpoint = 'variables'
   logits_fn = lambda images: forward.eval_logits(params, batch_stats, images).astype(jnp.float32)
-  batch_size = min(batch_size, count)
+  devices = jax.device_count()  # Batches are split over all of them: round up to a multiple.
+  batch_size = -(-min(batch_size, count) // devices) * devices
   clean_acc, pgd20_acc, cw20_acc = pgd_accuracies(logits_fn, x, y, config.attack, batch_size, seed)
   logging.info('clean %.4f, PGD-20 %.4f, CW-20 %.4f on %d points', clean_acc, pgd20_acc, cw20_acc, count)
   out_dir = os.path.join(workdir, 'eval')
@@ -152,6 +161,8 @@ def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000,
              'flags': aa['flags'], 'norm': config.attack.norm, 'eps': float(config.attack.eps),
              'aa_version': aa_version, 'max_perturbation': aa['max_perturbation'], 'nan_count': aa['nan_count'],
              'model': config.model.name, 'dtype': config.model.dtype, 'seed': seed, 'ema': ema}
+  if jax.process_index() != 0:  # One writer.
+    return results
   name = 'results_ema' if ema else 'results'  # The average's results sit beside the online model's.
   temporary = os.path.join(out_dir, f'{name}.json.tmp')
   with open(temporary, 'w') as f:
@@ -167,15 +178,17 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   metrics_log.quiet_library_logs()
   try:
+    distributed.initialize_from_flags()  # Several processes: each attacks its devices' slice of a chunk.
     options = json.loads(_AA_OPTIONS.value) if _AA_OPTIONS.value else None
     results = run(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _N_EXAMPLES.value, _AA_VERSION.value,
                   _ATTACKS.value, options, _BATCH_SIZE.value, _SEED.value, _BF16.value, _VARIABLES.value,
                   _EMA.value)
-  except (config_validation.ConfigError, data.DatasetNotFoundError, FileNotFoundError, ValueError,
-          json.JSONDecodeError) as error:
+  except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError,
+          FileNotFoundError, ValueError, json.JSONDecodeError) as error:
     print(f'rpat_jax.evaluate: error: {error}', file=sys.stderr)
     sys.exit(2)
-  print(markdown_table(results), end='')
+  if jax.process_index() == 0:
+    print(markdown_table(results), end='')
 
 
 if __name__ == '__main__':

@@ -3,7 +3,9 @@
   python -m rpat_jax.main --config=configs/smoke.py --workdir=/tmp/rpat_smoke
   python -m rpat_jax.main --config=configs/prn18.py --workdir=runs/prn18_rpat --config.rpat.lam=0.5
 
-Running the same command again resumes from the last checkpoint in `workdir`.
+Running the same command again resumes from the last checkpoint in `workdir`. On several hosts, run
+the same command in every process (see launch/): `--distributed`, `--coordinator_address`,
+`--num_processes`, `--process_id`, `--init_timeout` (rpat_jax/distributed.py).
 """
 
 import sys
@@ -16,6 +18,7 @@ from ml_collections import config_flags
 
 from rpat_jax import config_validation
 from rpat_jax import data
+from rpat_jax import distributed
 from rpat_jax import metrics_log
 from rpat_jax import threats
 from rpat_jax import train
@@ -30,13 +33,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   metrics_log.quiet_library_logs()
-  logging.info('process %d of %d; %d local / %d global devices (%s)', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
-  config = threats.resolve(_CONFIG.value)
   try:
+    config = threats.resolve(_CONFIG.value)
+    config_validation.validate(config, device_count=None)  # What needs no device: before joining.
+    distributed.initialize_from_flags()
+    logging.info('process %d of %d; %d local / %d global devices (%s)', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
+    distributed.check_same_everywhere('--config', config.to_json_best_effort(sort_keys=True))
+    distributed.check_same_everywhere('--workdir', _WORKDIR.value)
     config_validation.validate(config, jax.device_count())
     train.train_and_evaluate(config, _WORKDIR.value)
-  except (config_validation.ConfigError, data.DatasetNotFoundError) as error:
+  except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError) as error:
     print(f'rpat_jax: error: {error}', file=sys.stderr)
     sys.exit(2)
 

@@ -34,11 +34,14 @@ def run_keys(state: steps.TrainState):
   return step_key, data_key, eval_key
 
 
-def make_epoch_step(config: ml_collections.ConfigDict, forward: Forward, steps_per_epoch: int, mesh):
+def make_epoch_step(config: ml_collections.ConfigDict, forward: Forward, num_train: int, steps_per_epoch: int,
+                    mesh):
   """`step(state, train_images, train_labels) -> (state, metrics)`: selects the batch, then trains.
 
-  The batch is chosen on the device from the step count: a per-epoch permutation of the training set
-  (last partial batch dropped; a new permutation each epoch), so nothing crosses from the host.
+  The batch is chosen on the device from the step count: a per-epoch permutation of the `num_train`
+  training rows (last partial batch dropped; a new permutation each epoch), gathered from the
+  row-sharded dataset (`parallel.gather_rows`). Nothing crosses from the host, and the batches are the
+  same on any number of devices.
   """
   train_step = steps.make_train_step(config, forward, steps_per_epoch)
   batch_size = config.batch_size
@@ -46,25 +49,23 @@ def make_epoch_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
   def step(state, images, labels):
     step_key, data_key, _ = run_keys(state)
     epoch, index = jnp.divmod(state.step, steps_per_epoch)
-    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), images.shape[0])
+    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_train)
     chosen = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
-    batch = {'image': images[chosen], 'label': labels[chosen]}
-    batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharded(mesh))
-    return train_step(state, batch, step_key)
+    batch_images, batch_labels = parallel.gather_rows(mesh, images, labels, chosen)
+    return train_step(state, {'image': batch_images, 'label': batch_labels}, step_key)
 
   return step
 
 
-def _eval_arrays(dataset: data.ImageDataset, num_examples: int, batch_size: int):
-  """The first `num_examples` test images padded to whole batches: [N_b, B, ...] arrays and a mask."""
-  n = dataset.test_images.shape[0] if num_examples == 0 else min(num_examples, dataset.test_images.shape[0])
-  num_batches = math.ceil(n / batch_size)
-  pad = num_batches * batch_size - n
-  images = np.concatenate([dataset.test_images[:n], np.zeros((pad,) + dataset.test_images.shape[1:], np.uint8)])
-  labels = np.concatenate([dataset.test_labels[:n], np.zeros((pad,), np.int32)])
-  mask = np.arange(num_batches * batch_size) < n
-  shape = (num_batches, batch_size)
-  return images.reshape(shape + images.shape[1:]), labels.reshape(shape), mask.reshape(shape)
+def eval_rows(num_test: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """Row ids [N_b, B] of the first `num_examples` test images (0 = all), padded with PADDING."""
+  n = num_test if num_examples == 0 else min(num_examples, num_test)
+  return parallel.padded_rows(n, batch_size).reshape(-1, batch_size)
+
+
+def _images_and_labels(data_config, split: str, rows: np.ndarray):
+  images, labels = data.load_rows(data_config, split, rows)
+  return images, labels.astype(np.int32)
 
 
 def _mean_metrics(step_metrics) -> Dict[str, float]:
@@ -76,22 +77,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final state."""
   config = threats.resolve(config)
   config_validation.validate(config, jax.device_count())
-  dataset = data.load_dataset(config.data)
-  steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
+  info = data.describe(config.data)
+  steps_per_epoch = info.num_train // config.batch_size
   if steps_per_epoch < 1:
     raise config_validation.ConfigError(
-        f'batch_size={config.batch_size} exceeds the {dataset.train_images.shape[0]} training images')
+        f'batch_size={config.batch_size} exceeds the {info.num_train} training images')
 
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
-  forward = Forward.from_config(config.model, dataset.num_classes)
+  forward = Forward.from_config(config.model, info.num_classes)
   tx = optim.make_optimizer(config, steps_per_epoch)
-  image_shape = dataset.train_images.shape[1:]
-  state = jax.jit(lambda: steps.create_train_state(config, forward, tx, image_shape),
+  state = jax.jit(lambda: steps.create_train_state(config, forward, tx, info.image_shape),
                   out_shardings=replicated)()
-  logging.info('%s: %d parameters, %d classes, %d train / %d test images, %d steps per epoch',
-               config.model.name, sum(p.size for p in jax.tree.leaves(state.params)), dataset.num_classes,
-               dataset.train_images.shape[0], dataset.test_images.shape[0], steps_per_epoch)
+  logging.info('%s: %d parameters, %d classes, %d train / %d test images, %d steps per epoch, %d devices '
+               'in %d processes', config.model.name, sum(p.size for p in jax.tree.leaves(state.params)),
+               info.num_classes, info.num_train, info.num_test, steps_per_epoch, jax.device_count(),
+               jax.process_count())
 
   os.makedirs(workdir, exist_ok=True)
   checkpoints = checkpointing.Checkpoints(workdir, config.checkpoint.keep)
@@ -103,18 +104,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  train_images = jax.device_put(dataset.train_images, replicated)
-  train_labels = jax.device_put(dataset.train_labels.astype(np.int32), replicated)
-  eval_data = jax.device_put(_eval_arrays(dataset, config.eval.num_examples, config.eval.batch_size),
-                             replicated)
-  eval_key = jax.device_put(jax.random.key_data(run_keys(state)[2]), replicated)
+  # Each process reads only the rows its devices hold; the arrays stay on the devices for the whole run.
+  train_images, train_labels = parallel.rows_to_global(
+      parallel.padded_rows(info.num_train, jax.device_count()), parallel.batch_sharded(mesh),
+      lambda rows: _images_and_labels(config.data, 'train', rows))
+  eval_data = parallel.rows_to_global(
+      eval_rows(info.num_test, config.eval.num_examples, config.eval.batch_size),
+      parallel.batch_sharded(mesh, axis=1),
+      lambda rows: (*_images_and_labels(config.data, 'test', rows), np.ones(len(rows), bool)))
 
   compile_start = time.perf_counter()
-  epoch_step = jax.jit(make_epoch_step(config, forward, steps_per_epoch, mesh), donate_argnums=0,
+  epoch_step = jax.jit(make_epoch_step(config, forward, info.num_train, steps_per_epoch, mesh), donate_argnums=0,
                        out_shardings=(replicated, replicated)).lower(state, train_images, train_labels).compile()
   evaluate = steps.make_evaluate(config, forward)
-  evaluate = jax.jit(lambda s, i, l, m, k: evaluate(s, i, l, m, jax.random.wrap_key_data(k)),
-                     out_shardings=replicated).lower(state, *eval_data, eval_key).compile()
+  evaluate = jax.jit(lambda s, i, l, m: evaluate(s, i, l, m, run_keys(s)[2]),
+                     out_shardings=replicated).lower(state, *eval_data).compile()
   logging.info('Compiled the train step and the evaluation in %.1fs.', time.perf_counter() - compile_start)
 
   log = metrics_log.MetricsLog(workdir, resume_epoch=meta['epoch'])
@@ -123,11 +127,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     state = row.pop('state')
     if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.epochs:
       eval_start = time.perf_counter()
-      sums = jax.device_get(evaluate(state, *eval_data, eval_key))
+      sums = jax.device_get(evaluate(state, *eval_data))
       row['test_clean_acc'] = float(sums['clean_correct'] / sums['count'])
       row['test_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
       if config.ema.enabled:  # The weight average, evaluated the same way (same points, same key).
-        sums = jax.device_get(evaluate(steps.averaged(state), *eval_data, eval_key))
+        sums = jax.device_get(evaluate(steps.averaged(state), *eval_data))
         row['test_ema_clean_acc'] = float(sums['clean_correct'] / sums['count'])
         row['test_ema_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
       row['eval_seconds'] = time.perf_counter() - eval_start

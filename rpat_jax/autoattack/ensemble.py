@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rpat_jax import parallel
 from rpat_jax.autoattack import apgd, checks, fab, square
 
 VERSIONS = {
@@ -88,8 +89,12 @@ def resolve_options(version: str, names: Sequence[str], overrides: Optional[Dict
   return options
 
 
-def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict):
-  """A jitted (x, y, indices) -> (x_adv, zero_gradient_points) for one attack of the ensemble."""
+def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict, mesh=None):
+  """A jitted (x, y, indices) -> (x_adv, zero_gradient_points) for one attack of the ensemble.
+
+  With a mesh, call it on batch-sharded inputs (`parallel.host_to_global`): every device attacks its
+  slice of the chunk, and x_adv comes back replicated, readable by every process.
+  """
   attack_key = jax.random.fold_in(jax.random.key(seed), ATTACKS.index(name))
 
   def point_keys(indices):
@@ -108,7 +113,7 @@ def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: 
       out = square.square_attack(logits_fn, x, y, point_keys(indices), norm=norm, eps=eps, **options)
     return out['x_adv'], jnp.zeros((), jnp.int32)
 
-  return jax.jit(run)
+  return jax.jit(run, out_shardings=None if mesh is None else parallel.replicated(mesh))
 
 
 def _chunks(indices: np.ndarray, batch_size: int):
@@ -116,14 +121,16 @@ def _chunks(indices: np.ndarray, batch_size: int):
     yield start // batch_size, indices[start:start + batch_size]
 
 
-def _padded_size(count: int, batch_size: int) -> int:
+def _padded_size(count: int, batch_size: int, multiple: int = 1) -> int:
+  """count rounded up to a step of batch_size / 8 that `multiple` (the device count) divides."""
   step = max(1, batch_size // 8)
-  return min(batch_size, -(-count // step) * step)
+  step = -(-step // multiple) * multiple
+  return min(-(-batch_size // multiple) * multiple, -(-count // step) * step)
 
 
-def _pad(chunk: np.ndarray, batch_size: int) -> np.ndarray:
+def _pad(chunk: np.ndarray, batch_size: int, multiple: int = 1) -> np.ndarray:
   """The chunk's indices, the last one repeated up to `_padded_size` (results for the copies are dropped)."""
-  size = _padded_size(len(chunk), batch_size)
+  size = _padded_size(len(chunk), batch_size, multiple)
   return np.concatenate([chunk, np.full(size - len(chunk), chunk[-1])]) if len(chunk) < size else chunk
 
 
@@ -160,7 +167,7 @@ class _State:
       self.zero_gradient_points, self.seconds = int(saved['zero_gradient_points']), float(saved['seconds'])
 
   def save(self):
-    if not self.path:
+    if not self.path or jax.process_index() != 0:  # One writer; every process resumes from the file.
       return
     os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
     temporary = self.path + '.tmp.npz'
@@ -197,12 +204,19 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   if x.ndim != 4 or len(x) != len(y) or x.min() < 0 or x.max() > 1:
     raise ValueError(f'x must be [N, H, W, C] in [0, 1] with one label each; got {x.shape}, {y.shape}')
   started = time.time()
-  compiled_logits = jax.jit(logits_fn)  # One compiled forward for the checks and every prediction.
+  # Chunks are split over every device of every process; results come back replicated to each.
+  mesh = parallel.make_mesh()
+  devices = mesh.size
+  shard = lambda value: parallel.host_to_global(value, parallel.batch_sharded(mesh))
+  compiled_logits = jax.jit(logits_fn, out_shardings=parallel.replicated(mesh))  # Checks and predictions.
+
+  def logits(images):
+    """Logits of images [n <= batch_size, ...] (numpy), computed padded to the chunk shapes."""
+    padded = np.asarray(images)[_pad(np.arange(len(images)), batch_size, devices)]
+    return np.asarray(compiled_logits(shard(padded)))[:len(images)]
 
   def predict(images):
-    """argmax predictions of images [n <= batch_size, ...], padded to the chunk shapes."""
-    padded = images[_pad(np.arange(len(images)), batch_size)]
-    return np.asarray(compiled_logits(jnp.asarray(padded))).argmax(1)[:len(images)].astype(np.int32)
+    return logits(images).argmax(1).astype(np.int32)
 
   def predictions(images):
     out = np.empty(len(images), np.int32)
@@ -211,9 +225,9 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
     return out
 
   first = x[:batch_size]
-  num_classes = int(np.asarray(compiled_logits(jnp.asarray(first))).shape[1])
-  flags = {'randomized': checks.randomized(compiled_logits, first, y[:batch_size]),
-           'range_output': checks.range_output(compiled_logits, first),
+  num_classes = int(logits(first).shape[1])
+  flags = {'randomized': checks.randomized(logits, first, y[:batch_size]),
+           'range_output': checks.range_output(logits, first),
            'dynamic': checks.dynamic(),
            'n_classes': checks.n_classes(num_classes, names, options.get('apgd-t', {}).get('n_target_classes', 9),
                                          options.get('fab-t', {}).get('n_target_classes', 9))}
@@ -229,13 +243,13 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
     if state.chunk_position == 0:
       state.start_robust = state.robust.copy()
     targets = np.nonzero(state.start_robust)[0]
-    attack = make_attack(name, logits_fn, norm=norm, eps=eps, seed=seed, options=options[name])
+    attack = make_attack(name, logits_fn, norm=norm, eps=eps, seed=seed, options=options[name], mesh=mesh)
     attack_started = time.time()
     for chunk_index, chunk in _chunks(targets, batch_size):
       if chunk_index < state.chunk_position:
         continue
-      padded = _pad(chunk, batch_size)
-      x_found, zero_points = attack(jnp.asarray(x[padded]), jnp.asarray(y[padded]), jnp.asarray(padded, jnp.int32))
+      padded = _pad(chunk, batch_size, devices)
+      x_found, zero_points = attack(shard(x[padded]), shard(y[padded]), shard(padded.astype(np.int32)))
       x_found = np.asarray(x_found)[:len(chunk)]
       predicted = predict(x_found)
       fooled = predicted != y[chunk]

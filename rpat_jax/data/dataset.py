@@ -2,7 +2,8 @@
 
 Reading uses `tfds.data_source` (random-access ArrayRecord files), so no TensorFlow is needed at run
 time; preparing a dataset needs TensorFlow and the internet once (see `DatasetNotFoundError`). The whole
-decoded dataset is small (CIFAR: 180 MB) and is placed on the device by the trainer.
+decoded dataset is small (CIFAR: 180 MB) and is placed on the devices by the trainer. With several
+processes each one reads only the rows its devices hold (`describe` + `load_rows`).
 """
 
 import concurrent.futures
@@ -16,6 +17,16 @@ import numpy as np
 from absl import logging
 
 _CHUNK = 1000  # Records per read; chunks are decoded in parallel (PIL releases the GIL).
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the trainer needs before reading any image: split sizes, image shape, class count."""
+  num_train: int
+  num_test: int
+  image_shape: Tuple[int, int, int]
+  num_classes: int
+  name: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,19 +85,24 @@ def _cache_path(cache_dir: str, builder, data_dir: Optional[str], split: str) ->
   return os.path.join(cache_dir, f'{builder.name}-{builder.info.version}-{safe_split}-{where}.npz')
 
 
-def _decode_split(builder, data_dir: Optional[str], split: str) -> Tuple[np.ndarray, np.ndarray]:
-  import tensorflow_datasets as tfds
-  source = tfds.data_source(builder.name, data_dir=data_dir, split=split, download=False)
-  image_key, label_key = _feature_keys(builder)
+def _decode_rows(source, keys: Tuple[str, str], rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """Decodes the records `rows` of a TFDS data source, in chunks, in parallel threads."""
+  image_key, label_key = keys
 
   def read(start):
-    records = source.__getitems__(list(range(start, min(start + _CHUNK, len(source)))))
+    records = source.__getitems__([int(row) for row in rows[start:start + _CHUNK]])
     return (np.stack([np.asarray(r[image_key], np.uint8) for r in records]),
             np.asarray([r[label_key] for r in records], np.int32))
 
   with concurrent.futures.ThreadPoolExecutor(max(os.cpu_count() or 1, 1)) as pool:
-    parts = list(pool.map(read, range(0, len(source), _CHUNK)))
+    parts = list(pool.map(read, range(0, len(rows), _CHUNK)))
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _decode_split(builder, data_dir: Optional[str], split: str) -> Tuple[np.ndarray, np.ndarray]:
+  import tensorflow_datasets as tfds
+  source = tfds.data_source(builder.name, data_dir=data_dir, split=split, download=False)
+  return _decode_rows(source, _feature_keys(builder), np.arange(len(source)))
 
 
 def _load_split(builder, data_config, split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -117,3 +133,55 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> ImageDataset:
   test_images, test_labels = _load_split(builder, data_config, data_config.test_split)
   num_classes = builder.info.features[_feature_keys(builder)[1]].num_classes
   return ImageDataset(train_images, train_labels, test_images, test_labels, num_classes, data_config.name)
+
+
+def _split_name(data_config: ml_collections.ConfigDict, split: str) -> str:
+  if split not in ('train', 'test'):
+    raise ValueError(f'split={split!r}; allowed: train, test')
+  return data_config.train_split if split == 'train' else data_config.test_split
+
+
+def describe(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Split sizes, image shape and class count, read from the dataset's metadata (no image decoded)."""
+  if data_config.name == 'synthetic':
+    s = data_config.synthetic
+    return DatasetInfo(s.num_train, s.num_test, (s.image_size, s.image_size, 3), s.num_classes, 'synthetic')
+  import tensorflow_datasets as tfds
+  builder = _builder(data_config.name, data_config.data_dir)
+  if builder is None:
+    raise DatasetNotFoundError(data_config.name, data_config.data_dir)
+  image_key, label_key = _feature_keys(builder)
+  shape = builder.info.features[image_key].shape
+  if any(dim is None for dim in shape):  # Variable-size images: the first training image decides.
+    source = tfds.data_source(builder.name, data_dir=data_config.data_dir, split=data_config.train_split)
+    shape = np.asarray(source[0][image_key]).shape
+  sizes = [len(tfds.data_source(builder.name, data_dir=data_config.data_dir, split=_split_name(data_config, split),
+                                download=False)) for split in ('train', 'test')]
+  return DatasetInfo(sizes[0], sizes[1], tuple(shape), builder.info.features[label_key].num_classes,
+                     data_config.name)
+
+
+def load_rows(data_config: ml_collections.ConfigDict, split: str, rows: np.ndarray
+              ) -> Tuple[np.ndarray, np.ndarray]:
+  """Images and labels of the given rows of `split` ('train' or 'test'), in the order of `rows`.
+
+  All rows of the split come from the decoded cache (written on first use); a subset, what one process
+  of several needs, is read from the cache when it exists and decoded record by record otherwise.
+  """
+  rows = np.asarray(rows, np.int64)
+  if data_config.name == 'synthetic':
+    dataset = load_dataset(data_config)
+    images, labels = ((dataset.train_images, dataset.train_labels) if split == 'train'
+                      else (dataset.test_images, dataset.test_labels))
+    return images[rows], labels[rows]
+  import tensorflow_datasets as tfds
+  builder = _builder(data_config.name, data_config.data_dir)
+  if builder is None:
+    raise DatasetNotFoundError(data_config.name, data_config.data_dir)
+  name = _split_name(data_config, split)
+  path = _cache_path(data_config.cache_dir, builder, data_config.data_dir, name)
+  source = tfds.data_source(builder.name, data_dir=data_config.data_dir, split=name, download=False)
+  if os.path.exists(path) or np.array_equal(rows, np.arange(len(source))):
+    images, labels = _load_split(builder, data_config, name)
+    return images[rows], labels[rows]
+  return _decode_rows(source, _feature_keys(builder), rows)

@@ -1,0 +1,102 @@
+"""Joining JAX's multi-process runtime (`jax.distributed`), with one-line errors instead of hangs.
+
+`--distributed=auto` (default) joins when the flags name a coordinator or a process count, or when SLURM
+runs more than one task; `on` always calls `jax.distributed.initialize` (TPU pods and SLURM fill in the
+coordinator, the process count and id themselves); `off` never does. A process that cannot join within
+`--init_timeout` seconds (a missing process, an unreachable coordinator, disagreeing process counts)
+prints one line and exits 2: the runtime itself would abort with a stack trace, later. After joining,
+every process checks that the others run the same process count and the same config.
+"""
+
+import hashlib
+import os
+import sys
+import threading
+from typing import Optional
+
+import jax
+import numpy as np
+from absl import flags
+
+MODES = ('auto', 'on', 'off')
+EXIT_CODE = 2
+
+_MODE = flags.DEFINE_enum('distributed', 'auto', MODES, 'Join jax.distributed: auto, on or off.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (explicit clusters).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (explicit clusters).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (explicit clusters).')
+_TIMEOUT = flags.DEFINE_integer('init_timeout', 300, 'Seconds to wait for every process to join.')
+
+
+class DistributedError(RuntimeError):
+  """A multi-process set-up that cannot work; the message says what and how to fix it."""
+
+
+def _fail(message: str):
+  print(f'rpat_jax: error: {message}', file=sys.stderr, flush=True)
+  os._exit(EXIT_CODE)  # From a watchdog thread too, and before the runtime's own abort.
+
+
+def _wanted(mode: str, coordinator: Optional[str], num_processes: Optional[int]) -> bool:
+  if mode == 'off':
+    return False
+  if mode == 'on' or coordinator or num_processes is not None:
+    return True
+  return int(os.environ.get('SLURM_NTASKS', '1')) > 1
+
+
+def initialize_from_flags() -> None:
+  initialize(_MODE.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _TIMEOUT.value)
+
+
+def initialize(mode: str = 'auto', coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None, timeout: int = 300) -> None:
+  """Joins the runtime if `mode` says so (see the module docstring); a no-op for one process."""
+  if mode not in MODES:
+    raise DistributedError(f'distributed={mode!r}; allowed: {", ".join(MODES)}')
+  if not _wanted(mode, coordinator, num_processes):
+    return
+  if num_processes is not None and num_processes < 1:
+    raise DistributedError(f'num_processes={num_processes} must be >= 1')
+  if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+    raise DistributedError(f'process_id={process_id} is outside 0..{num_processes - 1} (num_processes={num_processes})')
+  if timeout < 1:
+    raise DistributedError(f'init_timeout={timeout} must be >= 1 second')
+  # CPU processes exchange data with gloo; GPUs and TPUs use their own collectives.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  where = coordinator or 'the address the cluster environment gives'
+  joined = threading.Event()
+
+  def watchdog():
+    if not joined.wait(timeout):
+      _fail(f'process {process_id if process_id is not None else "?"} could not join the JAX distributed runtime '
+            f'at {where} within {timeout}s: a process did not start, the coordinator is unreachable, or the '
+            f'processes disagree on --num_processes ({num_processes if num_processes else "from the cluster"})')
+
+  threading.Thread(target=watchdog, daemon=True, name='rpat_jax-join-watchdog').start()
+  try:  # The runtime's own deadline is later, so the watchdog's line is what the user sees.
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id, initialization_timeout=timeout + 60)
+  except Exception as error:  # E.g. no cluster detected for `--distributed=on`.
+    joined.set()
+    raise DistributedError(f'jax.distributed.initialize failed: {str(error).splitlines()[0]}') from None
+  joined.set()
+  if num_processes is not None:
+    check_same_everywhere('--num_processes', num_processes)
+    if jax.process_count() != num_processes:
+      raise DistributedError(f'{jax.process_count()} processes joined, but this one was started with '
+                             f'--num_processes={num_processes}')
+
+
+def check_same_everywhere(name: str, value) -> None:
+  """Raises DistributedError unless every process passes the same `value` (compared by a hash)."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  digest = np.frombuffer(hashlib.sha256(repr(value).encode()).digest()[:8], np.int32)  # int32: no x64 needed.
+  everyone = np.asarray(multihost_utils.process_allgather(digest)).reshape(jax.process_count(), -1)
+  differing = [index for index, other in enumerate(everyone) if not np.array_equal(other, digest)]
+  if differing:
+    raise DistributedError(f'{name} differs between processes: process {jax.process_index()} disagrees with '
+                           f'process(es) {", ".join(map(str, differing))}; start every process with the same '
+                           f'{name}')

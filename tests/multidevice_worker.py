@@ -1,0 +1,85 @@
+"""Run by parallel_test in a subprocess with N simulated devices (XLA_FLAGS): writes results to an .npz.
+
+  python tests/multidevice_worker.py steps OUT.npz   # 3 train steps of the tiny config: params, metrics
+  python tests/multidevice_worker.py eval OUT.npz    # trainer evaluation sums, AutoAttack per point
+  launch/local.sh 2 1 python tests/multidevice_worker.py mismatch -   # each process a different config
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from conftest import tiny_config  # noqa: E402
+from rpat_jax import autoattack, data, optim, parallel, steps, train  # noqa: E402
+from rpat_jax.forward import Forward  # noqa: E402
+
+
+def _setup():
+  config = tiny_config(**{'batch_size': 64, 'eval.batch_size': 32})
+  info = data.describe(config.data)
+  mesh = parallel.make_mesh()
+  forward = Forward.from_config(config.model, info.num_classes)
+  steps_per_epoch = info.num_train // config.batch_size
+  tx = optim.make_optimizer(config, steps_per_epoch)
+  state = jax.jit(lambda: steps.create_train_state(config, forward, tx, info.image_shape),
+                  out_shardings=parallel.replicated(mesh))()
+  return config, info, mesh, forward, steps_per_epoch, state
+
+
+def train_steps(out: str):
+  config, info, mesh, forward, steps_per_epoch, state = _setup()
+  images, labels = parallel.rows_to_global(
+      parallel.padded_rows(info.num_train, jax.device_count()), parallel.batch_sharded(mesh),
+      lambda rows: train._images_and_labels(config.data, 'train', rows))
+  step = jax.jit(train.make_epoch_step(config, forward, info.num_train, steps_per_epoch, mesh),
+                 out_shardings=(parallel.replicated(mesh),) * 2)
+  losses = []
+  for _ in range(3):
+    state, metrics = step(state, images, labels)
+    losses.append(float(metrics['loss']))
+  leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+  np.savez(out, flat=np.concatenate([np.ravel(leaf) for leaf in leaves]), losses=np.array(losses),
+           devices=jax.device_count())
+
+
+def evaluation(out: str):
+  config, info, mesh, forward, _, state = _setup()
+  eval_data = parallel.rows_to_global(
+      train.eval_rows(info.num_test, 0, config.eval.batch_size), parallel.batch_sharded(mesh, axis=1),
+      lambda rows: (*train._images_and_labels(config.data, 'test', rows), np.ones(len(rows), bool)))
+  evaluate = steps.make_evaluate(config, forward)
+  sums = jax.device_get(jax.jit(lambda s, *d: evaluate(s, *d, train.run_keys(s)[2]),
+                                out_shardings=parallel.replicated(mesh))(state, *eval_data))
+  images, labels = data.load_rows(config.data, 'test', np.arange(info.num_test))
+  x = images.astype(np.float32) / 255
+  stats = state.batch_stats  # Running statistics of these images, so that predictions vary by point.
+  for _ in range(30):
+    _, stats = forward.train_logits(state.params, stats, x)
+  logits_fn = lambda images: forward.eval_logits(state.params, stats, images)
+  predicted = np.asarray(jax.jit(logits_fn)(x)).argmax(1)  # As labels: every point starts robust.
+  aa = autoattack.evaluate(logits_fn, x, predicted, norm='Linf', eps=6 / 255,
+                           version='custom', attacks=['apgd-ce', 'square'], batch_size=24,
+                           attack_options={'apgd-ce': {'n_iter': 5}, 'square': {'n_queries': 20}})
+  np.savez(out, clean=sums['clean_correct'], pgd=sums['pgd_correct'], count=sums['count'],
+           robust=aa['robust'], y_adv=aa['y_adv'], devices=jax.device_count())
+
+
+def mismatch(_):
+  """Joins with local.sh's flags, then compares a config that differs by process: must fail in one line."""
+  from rpat_jax import distributed
+  flags = dict(arg[2:].split('=', 1) for arg in sys.argv[3:])
+  distributed.initialize('auto', flags['coordinator_address'], int(flags['num_processes']),
+                         int(flags['process_id']), int(flags['init_timeout']))
+  try:
+    distributed.check_same_everywhere('--config', {'seed': jax.process_index()})
+  except distributed.DistributedError as error:
+    print(f'rpat_jax: error: {error}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  {'steps': train_steps, 'eval': evaluation, 'mismatch': mismatch}[sys.argv[1]](sys.argv[2])
