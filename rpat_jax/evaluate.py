@@ -73,12 +73,12 @@ def restore_variables(config, workdir: str, checkpoint: str, num_classes: int, i
 
 def _batched_accuracy(fn, x, y, batch_size, mesh):
   """Mean of fn(x_batch, y_batch, index) -> bool [B] over padded batches split over the mesh (one compile)."""
-  shard = lambda value: parallel.host_to_global(value, parallel.batch_sharded(mesh))
   correct = np.zeros(len(x), bool)
   for start in range(0, len(x), batch_size):
     index = np.arange(start, min(start + batch_size, len(x)))
     padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
-    correct[index] = np.asarray(fn(shard(x[padded]), shard(y[padded]), start))[:len(index)]
+    correct[index] = np.asarray(fn(parallel.host_batch(x[padded], mesh), parallel.host_batch(y[padded], mesh),
+                                   start))[:len(index)]
   return float(correct.mean())
 
 

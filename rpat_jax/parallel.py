@@ -63,10 +63,10 @@ def rows_to_global(row_ids: np.ndarray, sharding: NamedSharding,
   return tuple(make(part) for part in parts)
 
 
-def host_to_global(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """A global array from a host value that every process holds whole (small: keys, eval points)."""
+def host_batch(value: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A batch that every process holds whole on the host (evaluation points), split over 'data'."""
   value = np.asarray(value)
-  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.make_array_from_callback(value.shape, batch_sharded(mesh), lambda index: value[index])
 
 
 def gather_rows(mesh: Mesh, images: jax.Array, labels: jax.Array, chosen: jax.Array):

@@ -89,11 +89,11 @@ def resolve_options(version: str, names: Sequence[str], overrides: Optional[Dict
   return options
 
 
-def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict, mesh=None):
+def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict, mesh):
   """A jitted (x, y, indices) -> (x_adv, zero_gradient_points) for one attack of the ensemble.
 
-  With a mesh, call it on batch-sharded inputs (`parallel.host_to_global`): every device attacks its
-  slice of the chunk, and x_adv comes back replicated, readable by every process.
+  Call it on batch-sharded inputs (`parallel.host_batch`): every device of `mesh` attacks its slice of
+  the chunk, and x_adv comes back replicated, readable by every process.
   """
   attack_key = jax.random.fold_in(jax.random.key(seed), ATTACKS.index(name))
 
@@ -113,7 +113,7 @@ def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: 
       out = square.square_attack(logits_fn, x, y, point_keys(indices), norm=norm, eps=eps, **options)
     return out['x_adv'], jnp.zeros((), jnp.int32)
 
-  return jax.jit(run, out_shardings=None if mesh is None else parallel.replicated(mesh))
+  return jax.jit(run, out_shardings=parallel.replicated(mesh))
 
 
 def _chunks(indices: np.ndarray, batch_size: int):
@@ -207,7 +207,7 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   # Chunks are split over every device of every process; results come back replicated to each.
   mesh = parallel.make_mesh()
   devices = mesh.size
-  shard = lambda value: parallel.host_to_global(value, parallel.batch_sharded(mesh))
+  shard = lambda value: parallel.host_batch(value, mesh)
   compiled_logits = jax.jit(logits_fn, out_shardings=parallel.replicated(mesh))  # Checks and predictions.
 
   def logits(images):
