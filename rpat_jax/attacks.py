@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+EVAL_PGD_STEPS = 20  # The final evaluation's PGD-20 (rpat_jax.evaluate and its benchmark).
 _L2_FLOOR = 1e-6  # advertorch's `small` constant for normalising the gradient and the perturbation.
 
 
@@ -62,7 +63,7 @@ def cross_entropy_sum(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, *, norm: str, eps: float,
         step_size: float, steps: int, random_init: bool = True,
-        loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_sum) -> jax.Array:
+        loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_sum, unroll: bool = False) -> jax.Array:
   """Projected gradient ascent on `loss_fn(logits_fn(x + delta), labels)`.
 
   Args:
@@ -75,6 +76,8 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, *,
     steps: number of gradient steps (a static Python int).
     random_init: start from a random point of the threat set (True) or from x.
     loss_fn: (logits, labels) -> scalar to maximise; summed over the batch.
+    unroll: write the steps out in the compiled program instead of a loop (same numbers; XLA's cost
+      analysis counts a loop body once, so the benchmark counts FLOPs on the unrolled form).
 
   Returns:
     x_adv [B, H, W, C] in [0, 1], within eps of x, with no gradient path to the parameters.
@@ -93,7 +96,7 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, *,
     grad = grad / jnp.maximum(_per_example_l2(grad), _L2_FLOOR)
     return project_l2(clip_to_image(x, delta + step_size * grad), eps)
 
-  delta = jax.lax.fori_loop(0, steps, step, delta)
+  delta = jax.lax.fori_loop(0, steps, step, delta, unroll=unroll)
   return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
 
 
@@ -105,11 +108,12 @@ def _renorm_l2(delta: jax.Array, eps: float) -> jax.Array:
 
 def small_noise_pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array,
                     loss_fn: Callable[[jax.Array], jax.Array], *, norm: str, eps: float, step_size: float,
-                    steps: int) -> jax.Array:
+                    steps: int, unroll: bool = False) -> jax.Array:
   """The TRADES / MART inner maximisation of the official code (adv_lib/trades.py, adv_lib/mart.py).
 
   Starts at x + 0.001 N(0, 1) (not clipped) and ascends `loss_fn(logits) -> scalar`. Linf: sign step,
   project onto the eps-box, clip to [0, 1]. L2: step along g / (|g|_2 + 1e-8), renorm delta to eps, clip.
+  `unroll` as in `pgd`.
   """
   if norm not in ('linf', 'l2'):
     raise ValueError(f'norm={norm!r}; allowed: linf, l2')
@@ -125,7 +129,7 @@ def small_noise_pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array,
     return jnp.clip(x_adv, 0.0, 1.0)
 
   x_start = x + 0.001 * jax.random.normal(key, x.shape, x.dtype)
-  return jax.lax.stop_gradient(jnp.clip(jax.lax.fori_loop(0, steps, step, x_start), 0.0, 1.0))
+  return jax.lax.stop_gradient(jnp.clip(jax.lax.fori_loop(0, steps, step, x_start, unroll=unroll), 0.0, 1.0))
 
 
 def fgsm(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps: float,

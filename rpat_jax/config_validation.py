@@ -85,6 +85,7 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
   _budget('attack.step_size', config.attack.step_size, config.attack.norm)
   _positive('attack.steps', config.attack.steps, int)
   _choice('attack.bn_mode', config.attack.bn_mode, BN_MODES)
+  _require(isinstance(config.attack.unroll, bool), f'attack.unroll={config.attack.unroll!r}; allowed: True, False')
 
   rates = tuple(config.rpat.rates) if isinstance(config.rpat.rates, (tuple, list)) else (config.rpat.rates,)
   _require(len(rates) > 0, 'rpat.rates is empty; allowed: one or more rates in (0, 1)')

@@ -43,6 +43,7 @@ LAYOUTS = {
     'resnet18': {'kuangliu': 'linear', 'rpat_benchmarks': 'linear'},
     'resnet18_bottleneck': {'rpat_benchmarks': 'linear'},
     'wide_resnet': {'rpat_sotas': 'fc', 'rpat_benchmarks': 'linear'},
+    'small_cnn': {'rpat_jax': 'head'},  # Ours only: the PyTorch twin of rpat_jax/bench/torch_models.py.
 }
 # Flax module names -> PyTorch ones, per model: the stem, the final / stem BatchNorm, the shortcut layers.
 _TOP_LEVEL = {
@@ -51,6 +52,7 @@ _TOP_LEVEL = {
     'resnet18': {'stem': 'conv1', 'stem_bn': 'bn1'},
     'resnet18_bottleneck': {'stem': 'conv1', 'stem_bn': 'bn1'},
     'wide_resnet': {'stem': 'conv1', 'final_bn': 'bn1'},
+    'small_cnn': {name: name for name in ('conv0', 'bn0', 'conv1', 'bn1', 'conv2', 'bn2')},
 }
 _SHORTCUTS = {'shortcut': 'shortcut.0', 'shortcut_conv': 'shortcut.0', 'shortcut_bn': 'shortcut.1'}
 _DATA_PARALLEL_PREFIX = 'module.'
@@ -148,11 +150,13 @@ def _per_stage(model_name: str, model_kwargs: Dict[str, Any]) -> int:
 
 
 def _infer_torch_kwargs(model_name: str, head: str, state_dict: Mapping[str, Any]) -> Dict[str, Any]:
-  """num_classes (and the WRN depth and width) read off the state_dict; explicit kwargs win."""
+  """num_classes (and the WRN depth and width, the small CNN's width) read off the state_dict; explicit kwargs win."""
   kwargs = {}
   if f'{head}.weight' in state_dict:
     classes, features = np.shape(state_dict[f'{head}.weight'])
     kwargs['num_classes'] = classes
+    if model_name == 'small_cnn':
+      kwargs['width'] = features // 4
     if model_name == 'wide_resnet':
       kwargs['widen_factor'] = features // 64
       per_group = len([k for k in state_dict if re.fullmatch(r'block1\.layer\.\d+\.conv1\.weight', k)])
@@ -225,6 +229,8 @@ def flax_to_torch(variables: Mapping[str, Any], model_name: str, layout: Optiona
   inferred = {}
   if kernel is not None:
     features, inferred['num_classes'] = np.shape(kernel)
+    if model_name == 'small_cnn':
+      inferred['width'] = features // 4
     if model_name == 'wide_resnet':
       blocks = {path[1] for path in flat if path[1].startswith('WideBlock_')}
       inferred.update(widen_factor=features // 64, depth=2 * len(blocks) + 4)

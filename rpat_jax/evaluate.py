@@ -25,11 +25,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from rpat_jax import (attacks, autoattack, config_validation, data, distributed, metrics_log, optim, parallel,
-                      steps, threats)
+from rpat_jax import (attacks, autoattack, config_validation, data, distributed, metrics_log, parallel, restore,
+                      threats)
 from rpat_jax.autoattack import losses
-from rpat_jax.checkpointing import Checkpoints
-from rpat_jax.forward import Forward
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
                                           lock_config=False)
@@ -48,27 +46,7 @@ _EMA = flags.DEFINE_bool('ema', False, 'Evaluate the weight average of the check
 _BF16 = flags.DEFINE_bool('bf16', False, 'Run the model in bfloat16 (float32 is the default and the reference).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-PGD_STEPS = 20
-
-
-def restore_variables(config, workdir: str, checkpoint: str, num_classes: int, image_shape, variables_dir=None,
-                      ema: bool = False):
-  """(forward, params, batch_stats, epoch) of a training checkpoint, or of converted variables (epoch None)."""
-  forward = Forward.from_config(config.model, num_classes)
-  if variables_dir:
-    from rpat_jax import convert  # pylint: disable=g-import-not-at-top (defines the converter's flags)
-    variables = convert.load_variables(variables_dir)
-    return forward, variables['params'], variables['batch_stats'], None
-  tx = optim.make_optimizer(config, steps_per_epoch=1)
-  target = jax.jit(lambda: steps.create_train_state(config, forward, tx, image_shape),
-                   out_shardings=parallel.replicated(parallel.make_mesh()))()  # Restored replicated.
-  which, epoch = (checkpoint, None) if checkpoint in ('best', 'last') else ('last', int(checkpoint))
-  state, meta = Checkpoints(workdir, keep=config.checkpoint.keep).restore(target, which=which, epoch=epoch)
-  if ema:
-    if state.ema is None:
-      raise ValueError('--ema: this run has no weight average (train with --config.ema.enabled=True)')
-    state = steps.averaged(state)
-  return forward, state.params, state.batch_stats, int(meta['epoch'])
+PGD_STEPS = attacks.EVAL_PGD_STEPS
 
 
 def _batched_accuracy(fn, x, y, batch_size, mesh):
@@ -139,7 +117,7 @@ def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000,
   y = labels.astype(np.int32)
   with config.unlocked():
     config.model.dtype = 'bfloat16' if bf16 else 'float32'
-  forward, params, batch_stats, epoch = restore_variables(config, workdir, checkpoint, info.num_classes,
+  forward, params, batch_stats, epoch = restore.restore_variables(config, workdir, checkpoint, info.num_classes,
                                                           x.shape[1:], variables_dir, ema)
   if variables_dir:
     checkpoint = 'variables'

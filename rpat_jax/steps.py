@@ -80,7 +80,8 @@ def _adversarial_examples(config: ml_collections.ConfigDict, logits_fn, key, x, 
   """The method's inner maximisation: PGD on CE (PGD-AT), on KL to the clean prediction (TRADES) or on
   CE from a small Gaussian start (MART), with the BatchNorm mode the caller chose for `logits_fn`."""
   attack = config.attack
-  hyper = dict(norm=attack.norm, eps=attack.eps, step_size=attack.step_size, steps=attack.steps)
+  hyper = dict(norm=attack.norm, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+               unroll=attack.unroll)
   if config.method in ('pgd_at', 'consistency'):
     return attacks.pgd(logits_fn, key, x, labels, random_init=attack.random_start, **hyper)
   if config.method == 'trades':

@@ -14,11 +14,9 @@ from absl import flags
 from absl.testing import flagsaver
 
 torch = pytest.importorskip('torch')
-import torch_models  # noqa: E402  (tests/ is on sys.path under pytest's rootdir-relative imports)
-
 from rpat_jax import convert  # noqa: E402
 from rpat_jax import models  # noqa: E402
-
+from rpat_jax.bench import torch_models  # noqa: E402
 
 
 def _autoattack_examples() -> str:

@@ -1,7 +1,8 @@
-"""PyTorch reference networks with the state_dict key layouts of the official code, for convert_test.
+"""PyTorch twins of our networks, with the state_dict key layouts of the official code: the converter's
+tests and the benchmark's PyTorch side use them (this module imports torch; the package never does).
 
-Written for the tests from the published architectures (not copied); what matters is that module names,
-registration and the forward pass are those of the sources named in each docstring:
+Written from the published architectures (not copied); what matters is that module names, registration
+and the forward pass are those of the sources named in each docstring:
 - `PreActResNet18`: RPAT_SOTAs / ReBAT `networks/preactresnet.py`.
 - `ResNet18(bottleneck=False)`: RPAT_Benchmarks `models/resnet.py` BasicBlock (= kuangliu's layout);
   `ResNet18(bottleneck=True)`: its `resnet18`, Bottleneck blocks [2, 2, 2, 2].
@@ -9,7 +10,9 @@ registration and the forward pass are those of the sources named in each docstri
   final BN, avg_pool 4: 64x64 inputs).
 - `WideResNet(depth, widen_factor, head)`: RPAT_SOTAs / ReBAT (`head='fc'`) or RPAT_Benchmarks
   (`head='linear'`) `wideresnet.py`.
-All take NCHW float32 images; none normalises its input.
+- `SmallCNN(width)`: our `small_cnn` (no official counterpart), for benchmarks at test size.
+All take NCHW float32 images; none normalises its input. `build(model_name, ...)` makes the twin of one
+of our model names.
 """
 
 import torch
@@ -162,6 +165,43 @@ class WideResNet(nn.Module):
     out = self.block3(self.block2(self.block1(self.conv1(x))))
     out = F.avg_pool2d(F.relu(self.bn1(out)), 8).flatten(1)
     return getattr(self, self.head_name)(out)
+
+
+class SmallCNN(nn.Module):
+  def __init__(self, width=32, num_classes=10):
+    super().__init__()
+    inputs = 3
+    for i, (factor, stride) in enumerate(((1, 1), (2, 2), (4, 2))):
+      setattr(self, f'conv{i}', _conv(inputs, width * factor, 3, stride))
+      setattr(self, f'bn{i}', nn.BatchNorm2d(width * factor))
+      inputs = width * factor
+    self.head = nn.Linear(inputs, num_classes)
+
+  def forward(self, x):
+    for i in range(3):
+      x = F.relu(getattr(self, f'bn{i}')(getattr(self, f'conv{i}')(x)))
+    return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def build(model_name: str, num_classes: int, **fields) -> nn.Module:
+  """The twin of `rpat_jax.models.create_model(model_name, num_classes, **fields)` (stem strides as ours).
+
+  The twins with a stem stride of their own (ResNet-18, WideResNet) are the 32x32 forms; the 64x64
+  `preact_resnet18_benchmarks` is [B]'s own.
+  """
+  if model_name == 'small_cnn':
+    return SmallCNN(fields.get('width', 32), num_classes)
+  if model_name == 'preact_resnet18':
+    return PreActResNet18(num_classes)
+  if model_name == 'preact_resnet18_benchmarks':
+    return PreActResNet18Benchmarks(num_classes)
+  if model_name in ('resnet18', 'resnet18_bottleneck') and fields.get('stem_stride', 1) == 1:
+    return ResNet18(num_classes, bottleneck=model_name == 'resnet18_bottleneck')
+  if model_name == 'wide_resnet' and fields.get('stem_stride', 1) == 1:
+    return WideResNet(fields.get('depth', 34), fields.get('widen_factor', 10), num_classes, head='fc')
+  raise ValueError(f'model.name={model_name!r} with {fields} has no PyTorch twin; allowed: small_cnn, '
+                   'preact_resnet18, preact_resnet18_benchmarks, resnet18, resnet18_bottleneck and wide_resnet '
+                   'with stem_stride=1')
 
 
 def randomize(model: nn.Module, seed: int) -> nn.Module:

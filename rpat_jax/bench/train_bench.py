@@ -1,0 +1,147 @@
+"""Times the trainer's compiled step (batch selection, augmentation, attack, objective, update).
+
+The step is exactly the one `rpat_jax.main` runs (`train.make_epoch_step`), over a device-resident
+dataset of random uint8 images shaped like the config's dataset, so no dataset has to be on disk: the
+work of a step does not depend on the pixel values.
+"""
+
+import time
+from typing import Dict, Tuple
+
+import jax
+import ml_collections
+
+from rpat_jax import config_validation
+from rpat_jax import data
+from rpat_jax import optim
+from rpat_jax import parallel
+from rpat_jax import steps
+from rpat_jax import train
+from rpat_jax.bench import report
+from rpat_jax.forward import Forward
+
+# (training images, image side, classes) of the datasets the configs name; others are described by TFDS.
+DATASET_SHAPES = {
+    'cifar10': (50000, 32, 10),
+    'cifar10_jpeg': (50000, 32, 10),
+    'cifar100': (50000, 32, 100),
+    'tiny_imagenet': (100000, 64, 200),
+}
+
+
+def dataset_shape(data_config: ml_collections.ConfigDict) -> Tuple[int, int, int]:
+  """(training images, image side, classes) of the config's dataset, without reading it."""
+  if data_config.name == 'synthetic':
+    synthetic = data_config.synthetic
+    return synthetic.num_train, synthetic.image_size, synthetic.num_classes
+  if data_config.name in DATASET_SHAPES:
+    return DATASET_SHAPES[data_config.name]
+  info = data.describe(data_config)
+  return info.num_train, info.image_shape[0], info.num_classes
+
+
+def bench_config(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
+                 num_train: int = 0) -> Tuple[ml_collections.ConfigDict, str]:
+  """The config with the benchmark's batch size and dtype, its data replaced by on-device random images of
+  the dataset's shape (`num_train` > 0 overrides the count); validated. Returns (config, data description)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  name = config.data.name
+  count, side, classes = dataset_shape(config.data)
+  count = num_train or count
+  config.data.name = 'synthetic'
+  config.data.synthetic.update(num_train=count, image_size=side, num_classes=classes)
+  config.batch_size = batch_size
+  config.model.dtype = dtype
+  config_validation.validate(config, jax.device_count())
+  if count < batch_size:
+    raise config_validation.ConfigError(f'batch_size={batch_size} exceeds the {count} training images; '
+                                        'allowed: at most the dataset size (or a larger --num_train)')
+  return config, f'random uint8 images shaped like {name}: {count} x {side}x{side}x3, {classes} classes'
+
+
+def _random_dataset(mesh, count: int, side: int, classes: int, seed: int):
+  """uint8 images [count, side, side, 3] and int32 labels, made on the devices, sharded by rows."""
+  sharding = parallel.batch_sharded(mesh)
+  image_key, label_key = jax.random.split(jax.random.key(seed))
+  images = jax.jit(lambda: jax.random.randint(image_key, (count, side, side, 3), 0, 256, 'int32').astype('uint8'),
+                   out_shardings=sharding)()
+  labels = jax.jit(lambda: jax.random.randint(label_key, (count,), 0, classes, 'int32'), out_shardings=sharding)()
+  return images, labels
+
+
+def _compiled_step(config, forward, count: int, mesh, state, images, labels):
+  steps_per_epoch = count // config.batch_size
+  replicated = parallel.replicated(mesh)
+  epoch_step = train.make_epoch_step(config, forward, count, steps_per_epoch, mesh)
+  return jax.jit(epoch_step, donate_argnums=0, out_shardings=(replicated, replicated)).lower(state, images, labels)
+
+
+def step_flops(config, forward, count: int, mesh, state, images, labels) -> Dict:
+  """FLOPs of one step from XLA's cost analysis of the step with the attack loop unrolled.
+
+  Returns {'compiled': FLOPs of the optimised program, 'lowered': of the program before optimisation}.
+  The compiled count is the one reported; the lowered one is a cross-check (and the fallback when a
+  backend's analysis of the compiled program leaves out library calls).
+  """
+  unrolled = ml_collections.ConfigDict(config.to_dict())
+  unrolled.attack.unroll = True
+  lowered = _compiled_step(unrolled, forward, count, mesh, state, images, labels)
+  return {'lowered': report.cost_flops(lowered.cost_analysis()),
+          'compiled': report.cost_flops(lowered.compile().cost_analysis())}
+
+
+def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps_to_time: int, warmup: int,
+        num_train: int = 0, count_flops: bool = True) -> Tuple[Dict, Dict]:
+  """Compiles and times the step. Returns (the result row, context for a PyTorch twin: the initial
+  variables, class count, image shape and the resolved config)."""
+  config, data_note = bench_config(config, batch_size, dtype, num_train)
+  synthetic = config.data.synthetic
+  count, side, classes = synthetic.num_train, synthetic.image_size, synthetic.num_classes
+  mesh = parallel.make_mesh()
+  forward = Forward.from_config(config.model, classes)
+  tx = optim.make_optimizer(config, count // batch_size)
+  create = lambda: steps.create_train_state(config, forward, tx, (side, side, 3))
+  state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
+  initial = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  images, labels = _random_dataset(mesh, count, side, classes, config.seed)
+
+  started = time.perf_counter()
+  compiled = _compiled_step(config, forward, count, mesh, state, images, labels).compile()
+  compile_seconds = time.perf_counter() - started
+  flops = step_flops(config, forward, count, mesh, state, images, labels) if count_flops else None
+
+  for _ in range(warmup):
+    state, metrics = compiled(state, images, labels)
+  jax.block_until_ready((state, metrics) if warmup else state)
+  seconds = []
+  for _ in range(steps_to_time):
+    started = time.perf_counter()
+    state, metrics = compiled(state, images, labels)
+    jax.block_until_ready((state, metrics))
+    seconds.append(time.perf_counter() - started)
+  loss = float(metrics['loss'])
+  if loss != loss:
+    raise FloatingPointError('the benchmarked step gave a NaN loss')
+
+  stats = report.timing_stats(seconds)
+  images_per_second = batch_size / (stats['median'] / 1e3)
+  device = report.device_info()
+  flops_per_image = None
+  if flops:  # The compiled count, unless the backend's analysis lost most of it (then the lowered one).
+    chosen = flops['compiled'] if flops['compiled'] >= 0.5 * flops['lowered'] else flops['lowered']
+    flops_per_image = chosen / batch_size
+  peak = report.peak_flops(device['kind'], dtype)
+  row = {
+      'what': 'train', 'model': config.model.name, 'method': config.method, 'rpat': config.rpat.enabled,
+      'attack': {'norm': config.attack.norm, 'steps': config.attack.steps, 'bn_mode': config.attack.bn_mode},
+      'data': data_note, 'device': device, 'versions': report.versions(), 'batch_size': batch_size, 'dtype': dtype,
+      'compile_seconds': compile_seconds, 'step_ms': stats, 'images_per_second': images_per_second,
+      'flops_per_image': flops_per_image,
+      'flops_per_image_lowered': flops['lowered'] / batch_size if flops else None,
+      'flops_source': 'XLA cost analysis of the compiled step, attack loop unrolled' if flops else None,
+      'peak_flops_per_device': peak,
+      'mfu': report.mfu(flops_per_image, images_per_second, peak, device['count']),
+      'final_loss': loss,
+  }
+  context = {'config': config, 'variables': initial, 'num_classes': classes, 'image_shape': (side, side, 3)}
+  return row, context
