@@ -85,6 +85,10 @@ def get_config():
   # False (official): separate train-mode forwards z(x') -> z(x~) -> z(x), each with its own batch
   # statistics. True: one forward over the concatenated batch (faster, shared BN statistics).
   config.rpat.fused_forward = False
+  # True: the train-mode forwards of a step (any method) run as one vmapped pass over the stacked inputs
+  # (a wider batch for the hardware), each input keeping its own batch statistics and the running
+  # statistics composed as the official sequence of calls: the official semantics, float rounding apart.
+  config.rpat.batched_forwards = False
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.lr = 0.1

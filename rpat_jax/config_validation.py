@@ -97,6 +97,10 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
   _choice('rpat.form', config.rpat.form, RPAT_FORMS)
   _require(not config.rpat.fused_forward or config.method in ('pgd_at', 'consistency'),
            f'rpat.fused_forward=True with method={config.method!r}; allowed: only with pgd_at, consistency')
+  _require(isinstance(config.rpat.batched_forwards, bool),
+           f'rpat.batched_forwards={config.rpat.batched_forwards!r}; allowed: True, False')
+  _require(not (config.rpat.batched_forwards and config.rpat.fused_forward),
+           'rpat.batched_forwards=True with rpat.fused_forward=True; allowed: at most one of them')
   if config.method in ('rebat', 'rpat_plus_plus'):
     _require(config.ema.enabled, f'method={config.method} needs the weight average as its teacher; '
              'allowed: ema.enabled=True')

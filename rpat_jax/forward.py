@@ -9,7 +9,7 @@ Every pass of the train and eval steps says which BatchNorm statistics it uses:
 """
 
 import dataclasses
-from typing import Any, Tuple
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from rpat_jax import models
+from rpat_jax.models import layers
 
 # The keys of config.model that each architecture takes besides num_classes and dtype.
 _MODEL_KWARGS = {
@@ -73,3 +74,26 @@ class Forward:
     """
     logits, stats = jax.vmap(lambda x: self.train_logits(params, batch_stats, x))(x_stack)
     return logits, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+
+  def train_logits_batched(self, params, batch_stats, x_stack: jax.Array,
+                           groups: Sequence[int]) -> Tuple[jax.Array, Any]:
+    """Consecutive train-mode forwards of a stack [N, B, ...] as one vmapped pass (one wide batch for the
+    hardware), each slice with its own batch statistics, as separate calls have.
+
+    groups: slice counts, in call order, summing to N; a group of several slices is one
+    `train_logits_per_rate` call. The running statistics come out as the sequence of calls would leave
+    them: a call updates r <- m r + (1 - m) s, so from the per-slice updates u_i = m r0 + (1 - m) s_i
+    (all computed from r0) the sequence is r <- m r + (u_i - m r0), exact up to float rounding.
+    """
+    logits, updated = jax.vmap(lambda x: self.train_logits(params, batch_stats, x))(x_stack)
+    momentum = layers.BN_MOMENTUM
+
+    def compose(start, per_slice):
+      running, offset = start, 0
+      for size in groups:
+        update = jnp.mean(per_slice[offset:offset + size], axis=0)
+        running = momentum * running + (update - momentum * start)
+        offset += size
+      return running
+
+    return logits, jax.tree.map(compose, batch_stats, updated)

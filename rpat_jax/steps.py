@@ -11,6 +11,7 @@ from typing import Any, Dict, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax.training import train_state
 
@@ -54,11 +55,35 @@ def create_train_state(config: ml_collections.ConfigDict, forward: Forward, tx: 
                            batch_stats=variables['batch_stats'], rng=jax.random.key_data(run_key), ema=ema)
 
 
+def _train_forwards(forward: Forward, params, stats, groups, batched: bool):
+  """Train-mode forwards of `groups` in call order, each group a stack [n, B, ...] (n = 1: one call; n > 1:
+  one call per rate, `train_logits_per_rate`), the running statistics updated call after call.
+
+  batched=False: separate passes, as the official code. True: one vmapped pass over all of them with the
+  same batch statistics per call and the same final running statistics (`Forward.train_logits_batched`).
+  Returns ([logits [n, B, K] per group], final batch_stats).
+  """
+  sizes = [group.shape[0] for group in groups]
+  if batched:
+    logits, stats = forward.train_logits_batched(params, stats, jnp.concatenate(groups), sizes)
+    return jnp.split(logits, np.cumsum(sizes)[:-1]), stats
+  outputs = []
+  for group in groups:
+    if group.shape[0] == 1:
+      logits, stats = forward.train_logits(params, stats, group[0])
+      outputs.append(logits[None])
+    else:
+      logits, stats = forward.train_logits_per_rate(params, stats, group)
+      outputs.append(logits)
+  return outputs, stats
+
+
 def _rpat_pass(forward: Forward, rpat: ml_collections.ConfigDict, params, stats, x, x_adv):
   """The official order of train-mode forwards for PGD-AT + RPAT: z(x') -> z(x~) -> z(x).
 
   Returns (z_adv, z_interp [R, B, K], z_clean, final batch_stats). With `fused_forward` the three
-  inputs go through one forward and share one set of batch statistics.
+  inputs go through one forward and share one set of batch statistics; with `batched_forwards` they go
+  through one vmapped pass, each with its own (the official semantics).
   """
   rates = jnp.asarray(rpat.rates, jnp.float32)
   x_interp = objectives.interpolate(x, x_adv, rates)  # [R, B, H, W, C]
@@ -70,10 +95,9 @@ def _rpat_pass(forward: Forward, rpat: ml_collections.ConfigDict, params, stats,
     z_interp = logits[batch:batch * (num_rates + 1)].reshape((num_rates, batch, -1))
     z_clean = logits[batch * (num_rates + 1):]
     return z_adv, z_interp, z_clean, stats
-  z_adv, stats = forward.train_logits(params, stats, x_adv)
-  z_interp, stats = forward.train_logits_per_rate(params, stats, x_interp)
-  z_clean, stats = forward.train_logits(params, stats, x)
-  return z_adv, z_interp, z_clean, stats
+  (z_adv, z_interp, z_clean), stats = _train_forwards(forward, params, stats, [x_adv[None], x_interp, x[None]],
+                                                      rpat.batched_forwards)
+  return z_adv[0], z_interp, z_clean[0], stats
 
 
 def _adversarial_examples(config: ml_collections.ConfigDict, logits_fn, key, x, labels):
@@ -191,11 +215,13 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
         beta = jnp.where(epoch >= config.ema.start_epoch, config.rebat.beta, 0.0)  # From the warm-up epoch.
         base_loss = base_loss + beta * regulariser_loss
       else:  # TRADES: z(x) -> z(x') -> z(x) (the KL target) -> z(x~); MART: z(x) -> z(x') -> z(x~).
-        z_clean, stats = forward.train_logits(params, state.batch_stats, x)
-        z_adv, stats = forward.train_logits(params, stats, x_adv)
+        groups = [x[None], x_adv[None]] + ([x[None]] if config.method == 'trades' else [])
+        if rpat.enabled:
+          groups.append(objectives.interpolate(x, x_adv, rates))
+        outputs, stats = _train_forwards(forward, params, state.batch_stats, groups, rpat.batched_forwards)
+        z_clean, z_adv = outputs[0][0], outputs[1][0]
         if config.method == 'trades':
-          z_target, stats = forward.train_logits(params, stats, x)
-          base_loss, ce_loss, kl_loss = objectives.trades_loss(z_clean, z_adv, z_target, labels, config.beta)
+          base_loss, ce_loss, kl_loss = objectives.trades_loss(z_clean, z_adv, outputs[2][0], labels, config.beta)
           aux.update(ce_loss=ce_loss, kl_loss=kl_loss)
         else:
           base_loss, adversarial_loss, robust_loss = objectives.mart_loss(z_clean, z_adv, labels, config.beta)
@@ -203,8 +229,7 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
                      mart_robust_loss=robust_loss)
         aux.update(clean_acc=objectives.accuracy(z_clean, labels))
         if rpat.enabled:
-          z_interp, stats = forward.train_logits_per_rate(params, stats, objectives.interpolate(x, x_adv, rates))
-          aux.update(rpat_loss=rpat_term(z_interp, z_clean, z_adv))
+          aux.update(rpat_loss=rpat_term(outputs[-1], z_clean, z_adv))
       aux.update(acc=objectives.accuracy(z_adv, labels))
       return base_loss + lam * aux.get('rpat_loss', 0.0), (stats, aux)
 

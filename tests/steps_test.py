@@ -75,6 +75,20 @@ def test_fused_forward_shares_one_set_of_batch_statistics():
   assert np.isfinite(float(metrics['loss']))
 
 
+@pytest.mark.parametrize('method', ['pgd_at', 'trades'])  # MART's groups are a subset of TRADES'.
+def test_batched_forwards_give_the_official_sequence(method):
+  """One vmapped pass over all train-mode forwards gives the separate passes' loss, gradients (so params)
+  and sequentially updated running statistics; two rates cover the per-rate group."""
+  overrides = {'method': method, 'rpat.rates': (0.3, 0.7)}
+  separate, separate_metrics = _run(overrides)
+  batched, batched_metrics = _run({**overrides, 'rpat.batched_forwards': True})
+  np.testing.assert_allclose(batched_metrics['loss'], separate_metrics['loss'], rtol=1e-6)
+  for name in ('params', 'batch_stats'):
+    chex.assert_trees_all_close(getattr(batched, name), getattr(separate, name), atol=1e-6)
+  fresh = _setup()[2]
+  assert not np.allclose(separate.batch_stats['bn0']['mean'], fresh.batch_stats['bn0']['mean'])
+
+
 def test_rates_are_vectorised_and_averaged():
   _, one = _run({'rpat.rates': (0.5,)})
   _, twice = _run({'rpat.rates': (0.5, 0.5)})  # The same point twice: the same regulariser.

@@ -50,6 +50,8 @@ _ATTACKS = flags.DEFINE_list('attacks', None, 'eval, with --aa_version=custom: a
 _WORKDIR = flags.DEFINE_string('workdir', None, 'eval: a training run whose checkpoint to attack (default: '
                                'the initial weights, labels = their own predictions).')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "eval: 'best', 'last' or an epoch, with --workdir.")
+_PROFILE_DIR = flags.DEFINE_string('profile_dir', '', 'train: trace 3 more steps with jax.profiler into this '
+                                   'directory (XLA dumps: XLA_FLAGS=--xla_dump_to=DIR).')
 _OUT = flags.DEFINE_string('out', None, 'Also write the JSON to this file.')
 flags.mark_flags_as_required(['config'])
 
@@ -98,7 +100,7 @@ def main(argv):
     if _WHAT.value == 'train':
       row, context = train_bench.run(config, batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value or 'bfloat16',
                                      steps_to_time=_STEPS.value, warmup=_WARMUP.value, num_train=_NUM_TRAIN.value,
-                                     count_flops=_FLOPS.value)
+                                     count_flops=_FLOPS.value, profile_dir=_PROFILE_DIR.value)
       row['torch'] = _torch_rows(row, context) if _TORCH.value else None
     else:
       from rpat_jax.bench import eval_bench  # pylint: disable=import-outside-toplevel

@@ -55,9 +55,11 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: 
 
 
 def pgd(model, x: torch.Tensor, labels: torch.Tensor, *, norm: str, eps: float, step_size: float, steps: int,
-        generator: torch.Generator, parameter_gradients: bool) -> torch.Tensor:
+        generator: torch.Generator, parameter_gradients: bool, random_init: bool = True) -> torch.Tensor:
   """advertorch's PGDAttack as the official code calls it (rpat_jax.attacks.pgd is our form of it)."""
-  if norm == 'linf':
+  if not random_init:
+    delta = torch.zeros_like(x)
+  elif norm == 'linf':
     delta = (torch.rand(x.shape, device=x.device, generator=generator) * 2 - 1) * eps
   else:
     delta = _project_l2(torch.rand(x.shape, device=x.device, generator=generator) - x, eps)
@@ -126,7 +128,8 @@ def make_step(config, model: torch.nn.Module, mode: str, generator: torch.Genera
     model.eval()
     with autocast:
       x_adv = pgd(network, x, labels, norm=attack.norm, eps=attack.eps, step_size=attack.step_size,
-                  steps=attack.steps, generator=generator, parameter_gradients=not tuned)
+                  steps=attack.steps, generator=generator, parameter_gradients=not tuned,
+                  random_init=attack.random_start)
     model.train()
     with autocast:
       z_adv = network(x_adv).float()

@@ -91,9 +91,10 @@ def step_flops(config, forward, count: int, mesh, state, images, labels) -> Dict
 
 
 def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps_to_time: int, warmup: int,
-        num_train: int = 0, count_flops: bool = True) -> Tuple[Dict, Dict]:
+        num_train: int = 0, count_flops: bool = True, profile_dir: str = '') -> Tuple[Dict, Dict]:
   """Compiles and times the step. Returns (the result row, context for a PyTorch twin: the initial
-  variables, class count, image shape and the resolved config)."""
+  variables, class count, image shape and the resolved config). `profile_dir`: afterwards, 3 more steps
+  under `jax.profiler.trace` (open with TensorBoard's profile plugin or Perfetto)."""
   config, data_note = bench_config(config, batch_size, dtype, num_train)
   synthetic = config.data.synthetic
   count, side, classes = synthetic.num_train, synthetic.image_size, synthetic.num_classes
@@ -119,6 +120,11 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps
     state, metrics = compiled(state, images, labels)
     jax.block_until_ready((state, metrics))
     seconds.append(time.perf_counter() - started)
+  if profile_dir:
+    with jax.profiler.trace(profile_dir):
+      for _ in range(3):
+        state, metrics = compiled(state, images, labels)
+      jax.block_until_ready((state, metrics))
   loss = float(metrics['loss'])
   if loss != loss:
     raise FloatingPointError('the benchmarked step gave a NaN loss')

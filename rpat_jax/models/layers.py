@@ -21,9 +21,12 @@ def torch_default_bias(fan_in: int):
   return init
 
 
+BN_MOMENTUM = 0.9  # Flax's weight on the old running statistics: PyTorch's momentum 0.1.
+
+
 def batch_norm(train: bool, dtype: Any, name: str = None) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), fp32 parameters."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5, dtype=dtype,
                       param_dtype=jnp.float32, name=name)
 
 
