@@ -2,7 +2,8 @@
 
   python docs/aa_timing_cpu.py 200 0.00392156862745098 Linf     # N, eps, norm; needs requirements-test.txt
 
-Until `rpat_jax.bench --what=eval` exists (issue 6), this is how the CPU rows of docs/benchmarks.md were made.
+How the AutoAttack rows of issue 3 in docs/benchmarks.md were made (a network that is no config's model);
+for a config's model, `python -m rpat_jax.bench --what=eval --torch` times the same comparison.
 """
 import json
 import os

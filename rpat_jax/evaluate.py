@@ -51,13 +51,7 @@ PGD_STEPS = attacks.EVAL_PGD_STEPS
 
 def _batched_accuracy(fn, x, y, batch_size, mesh):
   """Mean of fn(x_batch, y_batch, index) -> bool [B] over padded batches split over the mesh (one compile)."""
-  correct = np.zeros(len(x), bool)
-  for start in range(0, len(x), batch_size):
-    index = np.arange(start, min(start + batch_size, len(x)))
-    padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
-    correct[index] = np.asarray(fn(parallel.host_batch(x[padded], mesh), parallel.host_batch(y[padded], mesh),
-                                   start))[:len(index)]
-  return float(correct.mean())
+  return float(parallel.per_point(fn, x, y, batch_size, mesh).mean())
 
 
 def pgd_accuracies(logits_fn, x, y, attack_config, batch_size: int, seed: int):

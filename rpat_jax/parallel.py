@@ -69,6 +69,20 @@ def host_batch(value: np.ndarray, mesh: Mesh) -> jax.Array:
   return jax.make_array_from_callback(value.shape, batch_sharded(mesh), lambda index: value[index])
 
 
+def per_point(fn, x: np.ndarray, y: np.ndarray, batch_size: int, mesh: Mesh) -> np.ndarray:
+  """fn(x_batch, y_batch, start) -> [B] results for host points x, y, in batches of `batch_size` (the last
+  padded by repeating its last point, so one compile serves all) split over the mesh; [N] numpy."""
+  out = None
+  for start in range(0, len(x), batch_size):
+    index = np.arange(start, min(start + batch_size, len(x)))
+    padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
+    result = np.asarray(fn(host_batch(x[padded], mesh), host_batch(y[padded], mesh), start))[:len(index)]
+    if out is None:
+      out = np.empty((len(x),) + result.shape[1:], result.dtype)
+    out[index] = result
+  return out
+
+
 def gather_rows(mesh: Mesh, images: jax.Array, labels: jax.Array, chosen: jax.Array):
   """images[chosen], labels[chosen] for row-sharded arrays and replicated row ids, sharded like a batch.
 

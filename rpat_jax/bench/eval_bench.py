@@ -34,7 +34,11 @@ from rpat_jax.forward import Forward
 
 def _points(config, n_examples: int, side: int, classes: int):
   """(x [N, H, W, 3] float32 in [0, 1], dataset labels or None, description)."""
-  if config.data.name == 'synthetic' or data.dataset_available(config.data.name, config.data.data_dir):
+  try:
+    prepared = config.data.name == 'synthetic' or data.dataset_available(config.data.name, config.data.data_dir)
+  except ImportError:  # No tensorflow-datasets on this machine: noise, as for a dataset not prepared.
+    prepared = False
+  if prepared:
     info = data.describe(config.data)
     count = min(n_examples, info.num_test)
     images, labels = data.load_rows(config.data, 'test', np.arange(count))
@@ -73,13 +77,7 @@ def _pgd20_ours(logits_fn, attack_config, batch_size: int, seed: int):
     return jnp.argmax(logits_fn(x_adv), -1) == yb
 
   def run(x, y):
-    out = np.zeros(len(x), bool)
-    for start in range(0, len(x), batch_size):
-      index = np.arange(start, min(start + batch_size, len(x)))
-      padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
-      out[index] = np.asarray(robust(parallel.host_batch(x[padded], mesh), parallel.host_batch(y[padded], mesh),
-                                     start))[:len(index)]
-    return out
+    return parallel.per_point(robust, x, y, batch_size, mesh)
 
   return run
 

@@ -69,7 +69,7 @@ def _random_dataset(mesh, count: int, side: int, classes: int, seed: int):
   return images, labels
 
 
-def _compiled_step(config, forward, count: int, mesh, state, images, labels):
+def _lowered_step(config, forward, count: int, mesh, state, images, labels):
   steps_per_epoch = count // config.batch_size
   replicated = parallel.replicated(mesh)
   epoch_step = train.make_epoch_step(config, forward, count, steps_per_epoch, mesh)
@@ -85,7 +85,7 @@ def step_flops(config, forward, count: int, mesh, state, images, labels) -> Dict
   """
   unrolled = ml_collections.ConfigDict(config.to_dict())
   unrolled.attack.unroll = True
-  lowered = _compiled_step(unrolled, forward, count, mesh, state, images, labels)
+  lowered = _lowered_step(unrolled, forward, count, mesh, state, images, labels)
   return {'lowered': report.cost_flops(lowered.cost_analysis()),
           'compiled': report.cost_flops(lowered.compile().cost_analysis())}
 
@@ -107,9 +107,15 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps
   images, labels = _random_dataset(mesh, count, side, classes, config.seed)
 
   started = time.perf_counter()
-  compiled = _compiled_step(config, forward, count, mesh, state, images, labels).compile()
+  lowered = _lowered_step(config, forward, count, mesh, state, images, labels)
+  compiled = lowered.compile()
   compile_seconds = time.perf_counter() - started
-  flops = step_flops(config, forward, count, mesh, state, images, labels) if count_flops else None
+  flops = None
+  if count_flops and config.attack.unroll:  # The timed program is already the unrolled one.
+    flops = {'lowered': report.cost_flops(lowered.cost_analysis()),
+             'compiled': report.cost_flops(compiled.cost_analysis())}
+  elif count_flops:
+    flops = step_flops(config, forward, count, mesh, state, images, labels)
 
   for _ in range(warmup):
     state, metrics = compiled(state, images, labels)
@@ -132,10 +138,11 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps
   stats = report.timing_stats(seconds)
   images_per_second = batch_size / (stats['median'] / 1e3)
   device = report.device_info()
-  flops_per_image = None
+  flops_per_image, flops_source = None, None
   if flops:  # The compiled count, unless the backend's analysis lost most of it (then the lowered one).
-    chosen = flops['compiled'] if flops['compiled'] >= 0.5 * flops['lowered'] else flops['lowered']
-    flops_per_image = chosen / batch_size
+    source = 'compiled' if flops['compiled'] >= 0.5 * flops['lowered'] else 'lowered'
+    flops_per_image = flops[source] / batch_size
+    flops_source = f'XLA cost analysis of the {source} step, attack loop unrolled'
   peak = report.peak_flops(device['kind'], dtype)
   row = {
       'what': 'train', 'model': config.model.name, 'method': config.method, 'rpat': config.rpat.enabled,
@@ -144,7 +151,7 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps
       'compile_seconds': compile_seconds, 'step_ms': stats, 'images_per_second': images_per_second,
       'flops_per_image': flops_per_image,
       'flops_per_image_lowered': flops['lowered'] / batch_size if flops else None,
-      'flops_source': 'XLA cost analysis of the compiled step, attack loop unrolled' if flops else None,
+      'flops_source': flops_source,
       'peak_flops_per_device': peak,
       'mfu': report.mfu(flops_per_image, images_per_second, peak, device['count']),
       'final_loss': loss,
