@@ -76,8 +76,9 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, *,
     steps: number of gradient steps (a static Python int).
     random_init: start from a random point of the threat set (True) or from x.
     loss_fn: (logits, labels) -> scalar to maximise; summed over the batch.
-    unroll: write the steps out in the compiled program instead of a loop (same numbers; XLA's cost
-      analysis counts a loop body once, so the benchmark counts FLOPs on the unrolled form).
+    unroll: write the steps out in the compiled program instead of one loop body (the same computation;
+      faster on XLA:CPU, see `attack.unroll`; and XLA's cost analysis counts a loop body once, so FLOPs
+      are counted on this form).
 
   Returns:
     x_adv [B, H, W, C] in [0, 1], within eps of x, with no gradient path to the parameters.

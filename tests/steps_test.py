@@ -89,6 +89,15 @@ def test_batched_forwards_give_the_official_sequence(method):
   assert not np.allclose(separate.batch_stats['bn0']['mean'], fresh.batch_stats['bn0']['mean'])
 
 
+def test_unrolled_attack_computes_the_same_step():
+  """attack.unroll writes the PGD steps out instead of looping: the same step (bit-identical on the dev
+  machine; float rounding may differ elsewhere, hence the 1e-6)."""
+  looped, looped_metrics = _run({'attack.unroll': False, 'attack.steps': 5})
+  unrolled, unrolled_metrics = _run({'attack.unroll': True, 'attack.steps': 5})
+  np.testing.assert_allclose(unrolled_metrics['loss'], looped_metrics['loss'], rtol=1e-6)
+  chex.assert_trees_all_close(unrolled.params, looped.params, atol=1e-6)
+
+
 def test_rates_are_vectorised_and_averaged():
   _, one = _run({'rpat.rates': (0.5,)})
   _, twice = _run({'rpat.rates': (0.5, 0.5)})  # The same point twice: the same regulariser.

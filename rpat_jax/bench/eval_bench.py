@@ -99,7 +99,7 @@ def _official(config, variables, classes: int, x, y, batch_size: int, aa_version
   from rpat_jax.bench import torch_step  # pylint: disable=import-outside-toplevel
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   model = torch_step.build_model(config.model, classes, jax.device_get(variables), device).eval()
-  xt = torch.as_tensor(x.transpose(0, 3, 1, 2)).to(device)
+  xt = torch.as_tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)  # pyautoattack views grads.
   yt = torch.as_tensor(y.astype(np.int64)).to(device)
   generator = torch.Generator(device=device).manual_seed(config.seed)
   attack = config.attack
