@@ -172,7 +172,7 @@ def test_flax_side_errors_and_unsupported_models():
   with pytest.raises(ValueError, match=r'params/stem/kernel has shape \(3, 3, 3, 32\), expected \(3, 3, 3, 64\)'):
     convert.flax_to_torch(variables, 'resnet18')
   with pytest.raises(ValueError, match='no PyTorch layout'):
-    convert.torch_to_flax({}, 'small_cnn')
+    convert.torch_to_flax({}, 'vit_b16')
   with pytest.raises(ValueError, match="layout 'kuangliu' is not one of wide_resnet"):
     convert.flax_to_torch(variables, 'wide_resnet', layout='kuangliu')
   # RPAT_Benchmarks' pre_resnet18 (a BN stem `bn1`, no final BN `bn`) is another model name: say which.
