@@ -147,12 +147,15 @@ def test_eval_bench_prints_every_key(tmp_path):
   assert 0.0 <= official['aa_agreement'] <= 1.0
 
 
-@pytest.mark.parametrize('flag, message', [
-    ('--torch_modes=fast', 'torch_modes'),
-    ('--config.model.name=resnet7', 'model.name'),
-    ('--steps=0', '--steps'),
+@pytest.mark.parametrize('flags, message', [
+    (['--torch_modes=fast'], 'torch_modes'),
+    (['--config.model.name=resnet7'], 'model.name'),
+    (['--steps=0'], '--steps'),
+    (['--torch', '--config.method=trades'], 'method'),  # Before any of our work: the twin is PGD-AT only.
 ])
-def test_bad_flags_fail_in_one_line(tmp_path, flag, message):
-  result, _ = _bench(tmp_path, flag)
+def test_bad_flags_fail_in_one_line(tmp_path, flags, message):
+  if '--torch' in flags:
+    pytest.importorskip('torch')
+  result, _ = _bench(tmp_path, *flags)
   assert result.returncode == 2
   assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]

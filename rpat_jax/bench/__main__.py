@@ -69,16 +69,19 @@ def _check_flags():
     raise config_validation.ConfigError(f'--torch_modes has {", ".join(sorted(unknown))}; allowed: reference, tuned')
 
 
-def _torch_rows(row, context):
-  """Times the PyTorch twin in each mode; each row gets our speed-up over it."""
+def _torch_step(config):
+  """The PyTorch side's module, once the config is one its twin implements (before any of our work)."""
   try:
     from rpat_jax.bench import torch_step  # pylint: disable=import-outside-toplevel
   except ImportError as error:
     raise config_validation.ConfigError(f'--torch needs PyTorch ({error}); pip install -r requirements-test.txt')
+  torch_step.check_supported(config, keys=None if _WHAT.value == 'train' else ('model.normalize',))
+  return torch_step
+
+
+def _torch_rows(row, context, torch_step):
+  """Times the PyTorch twin in each mode; each row gets our speed-up over it."""
   config = context['config']
-  if config.method != 'pgd_at':
-    raise config_validation.ConfigError(f'--torch with method={config.method!r}; allowed: pgd_at (the PyTorch '
-                                        'twin is PGD-AT with or without RPAT)')
   rows = {}
   for mode in _TORCH_MODES.value:
     batch = _REFERENCE_BATCH.value if mode == 'reference' else _BATCH_SIZE.value
@@ -97,11 +100,12 @@ def main(argv):
   try:
     _check_flags()
     config = threats.resolve(_CONFIG.value)
+    torch_step = _torch_step(config) if _TORCH.value else None
     if _WHAT.value == 'train':
       row, context = train_bench.run(config, batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value or 'bfloat16',
                                      steps_to_time=_STEPS.value, warmup=_WARMUP.value, num_train=_NUM_TRAIN.value,
                                      count_flops=_FLOPS.value, profile_dir=_PROFILE_DIR.value)
-      row['torch'] = _torch_rows(row, context) if _TORCH.value else None
+      row['torch'] = _torch_rows(row, context, torch_step) if torch_step else None
     else:
       from rpat_jax.bench import eval_bench  # pylint: disable=import-outside-toplevel
       row = eval_bench.run(config, n_examples=_N_EXAMPLES.value, batch_size=_EVAL_BATCH.value,

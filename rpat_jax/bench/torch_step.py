@@ -88,6 +88,24 @@ def _project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
   return delta * torch.clamp(eps / norm, max=1.0)
 
 
+# What the twin implements: the keys (and their allowed values) under which its step is ours.
+_TWIN_SUPPORTS = {
+    'method': ('pgd_at',), 'model.normalize': (False,), 'attack.bn_mode': ('eval',), 'data.pad_mode': ('constant',),
+    'rpat.form': ('code',), 'rpat.detach_target': (False,), 'rpat.fused_forward': (False,), 'rpat.start_epoch': (0,),
+    'ema.enabled': (False,),
+}
+
+
+def check_supported(config, keys=None) -> None:
+  """ValueError naming the first of `keys` (default: all) whose value the PyTorch twin does not implement."""
+  for key in keys or _TWIN_SUPPORTS:
+    allowed = _TWIN_SUPPORTS[key]
+    section, _, name = key.rpartition('.')
+    value = (config[section] if section else config)[name]
+    if value not in allowed:
+      raise ValueError(f'--torch: {key}={value!r} has no PyTorch twin; allowed: {", ".join(map(repr, allowed))}')
+
+
 def build_model(model_config, num_classes: int, variables, device: torch.device) -> torch.nn.Module:
   """The twin of our model with our variables {'params', 'batch_stats'} loaded (the same initial weights)."""
   fields = {key: model_config[key] for key in ('width', 'depth', 'widen_factor', 'stem_stride')}
