@@ -11,7 +11,6 @@ The threat model (norm, eps; PGD/CW step size) is the config's `attack.*`; the m
 unless `--bf16`.
 """
 
-import functools
 import json
 import os
 import sys
@@ -25,9 +24,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from rpat_jax import (attacks, autoattack, config_validation, data, distributed, metrics_log, parallel, restore,
-                      threats)
-from rpat_jax.autoattack import losses
+from rpat_jax import (attacks, autoattack, config_validation, data, distributed, metrics_log, parallel, pgd_eval,
+                      restore, threats)
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
                                           lock_config=False)
@@ -49,31 +47,16 @@ flags.mark_flags_as_required(['config', 'workdir'])
 PGD_STEPS = attacks.EVAL_PGD_STEPS
 
 
-def _batched_accuracy(fn, x, y, batch_size, mesh):
-  """Mean of fn(x_batch, y_batch, index) -> bool [B] over padded batches split over the mesh (one compile)."""
-  return float(parallel.per_point(fn, x, y, batch_size, mesh).mean())
-
-
 def pgd_accuracies(logits_fn, x, y, attack_config, batch_size: int, seed: int):
   """Clean, PGD-20 (cross-entropy) and CW-20 (margin loss) accuracy with the training threat.
 
   batch_size: points per call, split over every device (a multiple of the device count).
   """
-  key = jax.random.key(seed)
-  hyper = dict(norm=attack_config.norm, eps=attack_config.eps, step_size=attack_config.step_size, steps=PGD_STEPS)
   mesh = parallel.make_mesh()
-  replicated = parallel.replicated(mesh)
-
-  @functools.partial(jax.jit, static_argnames='loss', out_shardings=replicated)
-  def robust(xb, yb, start, loss):
-    loss_fn = attacks.cross_entropy_sum if loss == 'ce' else losses.cw_loss_sum
-    x_adv = attacks.pgd(logits_fn, jax.random.fold_in(key, start), xb, yb, loss_fn=loss_fn, **hyper)
-    return jnp.argmax(logits_fn(x_adv), -1) == yb
-
-  clean = jax.jit(lambda xb, yb, start: jnp.argmax(logits_fn(xb), -1) == yb, out_shardings=replicated)
-  return (_batched_accuracy(clean, x, y, batch_size, mesh),
-          _batched_accuracy(functools.partial(robust, loss='ce'), x, y, batch_size, mesh),
-          _batched_accuracy(functools.partial(robust, loss='cw'), x, y, batch_size, mesh))
+  clean = jax.jit(lambda xb, yb, start: jnp.argmax(logits_fn(xb), -1) == yb, out_shardings=parallel.replicated(mesh))
+  robust = pgd_eval.make_robustness(logits_fn, attack_config, seed, steps=PGD_STEPS)
+  return (float(parallel.per_point(clean, x, y, batch_size, mesh).mean()),
+          float(robust(x, y, batch_size, 'ce').mean()), float(robust(x, y, batch_size, 'cw').mean()))
 
 
 def summary(clean: float, robust: float):

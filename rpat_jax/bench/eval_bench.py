@@ -10,7 +10,6 @@ records the robust accuracy after each attack. Ours is timed twice: the first ca
 the second reuses the executables (JAX's persistent compilation cache).
 """
 
-import functools
 import tempfile
 import time
 from typing import Dict, Optional
@@ -24,7 +23,7 @@ from rpat_jax import attacks
 from rpat_jax import autoattack
 from rpat_jax import data
 from rpat_jax import optim
-from rpat_jax import parallel
+from rpat_jax import pgd_eval
 from rpat_jax import restore
 from rpat_jax import steps
 from rpat_jax.bench import report
@@ -65,23 +64,6 @@ def _timed(fn):
   return result, time.perf_counter() - started
 
 
-def _pgd20_ours(logits_fn, attack_config, batch_size: int, seed: int):
-  """`run(x, y) -> per-point PGD-20 robustness`: batches split over the mesh, compiled once on first use."""
-  mesh = parallel.make_mesh()
-  key = jax.random.key(seed)
-
-  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
-  def robust(xb, yb, start):
-    x_adv = attacks.pgd(logits_fn, jax.random.fold_in(key, start), xb, yb, norm=attack_config.norm,
-                        eps=attack_config.eps, step_size=attack_config.step_size, steps=attacks.EVAL_PGD_STEPS)
-    return jnp.argmax(logits_fn(x_adv), -1) == yb
-
-  def run(x, y):
-    return parallel.per_point(robust, x, y, batch_size, mesh)
-
-  return run
-
-
 def _compilation_cache():
   """Turns on JAX's persistent compilation cache (a temporary directory unless one is configured), so the
   second AutoAttack call, whose attacks are new Python closures, reuses the first call's executables."""
@@ -97,7 +79,7 @@ def _official(config, variables, classes: int, x, y, batch_size: int, aa_version
   import torch  # pylint: disable=import-outside-toplevel
   from pyautoattack import AutoAttack  # pylint: disable=import-outside-toplevel
   from rpat_jax.bench import torch_step  # pylint: disable=import-outside-toplevel
-  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  device = torch_step.default_device()
   model = torch_step.build_model(config.model, classes, jax.device_get(variables), device).eval()
   xt = torch.as_tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)  # pyautoattack views grads.
   yt = torch.as_tensor(y.astype(np.int64)).to(device)
@@ -112,7 +94,7 @@ def _official(config, variables, classes: int, x, y, batch_size: int, aa_version
                              steps=attacks.EVAL_PGD_STEPS, generator=generator, parameter_gradients=True)
       with torch.no_grad():
         robust.append((model(x_adv).argmax(1) == yb).cpu().numpy())
-    torch_step._sync(device)  # pylint: disable=protected-access
+    torch_step.synchronize(device)
     return np.concatenate(robust)
 
   norm = autoattack.ensemble.canonical_norm(attack.norm)
@@ -156,9 +138,9 @@ def run(config, *, n_examples: int, batch_size: int, dtype: str, aa_version: str
   attack = config.attack
 
   _compilation_cache()
-  pgd20 = _pgd20_ours(logits_fn, attack, batch_size, config.seed)
-  pgd_first = _timed(lambda: pgd20(x, labels))[1]
-  pgd_robust, pgd_seconds = _timed(lambda: pgd20(x, labels))
+  robust = pgd_eval.make_robustness(logits_fn, attack, config.seed)
+  pgd_first = _timed(lambda: robust(x, labels, batch_size))[1]
+  pgd_robust, pgd_seconds = _timed(lambda: robust(x, labels, batch_size))
   aa = lambda: autoattack.evaluate(logits_fn, x, labels, norm=attack.norm, eps=attack.eps, version=aa_version,
                                    seed=config.seed, batch_size=batch_size, attacks=attack_names)
   aa_first = _timed(aa)[1]

@@ -28,11 +28,11 @@ from rpat_jax.bench import torch_models
 MODES = ('reference', 'tuned')
 
 
-def _device() -> torch.device:
+def default_device() -> torch.device:
   return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
   if device.type == 'cuda':
     torch.cuda.synchronize(device)
 
@@ -173,7 +173,7 @@ def time_mode(config, variables, num_classes: int, image_shape, mode: str, batch
   """
   if mode not in MODES:
     raise ValueError(f'torch mode {mode!r}; allowed: {", ".join(MODES)}')
-  device = _device()
+  device = default_device()
   torch.manual_seed(seed)
   generator = torch.Generator(device=device).manual_seed(seed)
   if mode == 'tuned' and device.type == 'cuda':
@@ -188,7 +188,7 @@ def time_mode(config, variables, num_classes: int, image_shape, mode: str, batch
   def one_step():
     chosen = torch.randperm(pool, device=device, generator=generator)[:batch_size]
     loss = step(images[chosen], labels[chosen])
-    _sync(device)
+    synchronize(device)
     return loss
 
   started = time.perf_counter()
