@@ -5,13 +5,13 @@
 
 The model is the standard CIFAR PreActResNet-18 (11.17M parameters, the RPAT_SOTAs/ReBAT definition);
 the recipe (110 epochs, lr 0.1 x0.1 at 100 and 105, PGD-10 in BN eval mode, lambda 1.0, r 0.5) is
-RPAT_Benchmarks'. Offline: `--config.data.name=cifar10_jpeg --config.data.data_dir=../shared/tfds`.
+RPAT_Benchmarks'. Offline: `--config.data.name=cifar10_jpeg --config.data.data_dir=DIR` (a prepared TFDS data_dir).
 """
 
-from configs import default
+from rpat_jax import defaults
 
 
 def get_config(arg=None):
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.name = 'preact_resnet18'
-  return default.apply_arg(config, arg)
+  return defaults.apply_words(config, arg)

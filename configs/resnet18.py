@@ -7,10 +7,10 @@
 ResNet-18 (11.17M) is `--config.model.name=resnet18`.
 """
 
-from configs import default
+from rpat_jax import defaults
 
 
 def get_config(arg=None):
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.name = 'resnet18_bottleneck'
-  return default.apply_arg(config, arg)
+  return defaults.apply_words(config, arg)

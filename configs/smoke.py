@@ -8,11 +8,11 @@ on 2 CPU cores. Expect clean accuracy well above the 10% of chance and a clearly
 after the last epoch.
 """
 
-from configs import default
+from rpat_jax import defaults
 
 
 def get_config(arg=None):
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.name = 'small_cnn'
   config.model.width = 16
   config.data.name = 'synthetic'
@@ -23,4 +23,4 @@ def get_config(arg=None):
   config.eval.batch_size = 256
   config.schedule.milestones = (2,)  # lr 0.1, then 0.01 for the last epoch.
   config.log.every_steps = 8
-  return default.apply_arg(config, arg)
+  return defaults.apply_words(config, arg)

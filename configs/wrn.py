@@ -6,12 +6,12 @@ Depth and width are keys: `--config.model.depth=28` gives the WRN-28-10 of the o
 RPAT_Benchmarks code. The number of classes comes from the dataset.
 """
 
-from configs import default
+from rpat_jax import defaults
 
 
 def get_config(arg=None):
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.name = 'wide_resnet'
   config.model.depth = 34
   config.model.widen_factor = 10
-  return default.apply_arg(config, arg)
+  return defaults.apply_words(config, arg)

@@ -1,4 +1,4 @@
-"""PGD and FGSM as pure functions of a `logits_fn`, compiled with the train / eval step.
+"""PGD attacks as pure functions of a `logits_fn`, compiled with the train / eval step.
 
 `logits_fn(x) -> [B, K] float32 logits` closes over the parameters and fixes the BatchNorm mode, so
 the same attack serves training (BN eval mode, as RPAT_Benchmarks) and evaluation. Images are NHWC in
@@ -133,9 +133,36 @@ def small_noise_pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array,
   return jax.lax.stop_gradient(jnp.clip(jax.lax.fori_loop(0, steps, step, x_start, unroll=unroll), 0.0, 1.0))
 
 
-def fgsm(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps: float,
-         loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_sum) -> jax.Array:
-  """One Linf step of size eps from x (Goodfellow et al.): x + eps * sign(grad), clipped to [0, 1]."""
+def _sotas_l2_start(key: jax.Array, x: jax.Array, eps: float) -> jax.Array:
+  """[S]'s L2 start: a Gaussian direction at a radius drawn uniformly from [0, eps]."""
+  direction_key, radius_key = jax.random.split(key)
+  direction = jax.random.normal(direction_key, x.shape, x.dtype)
+  radius = jax.random.uniform(radius_key, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
+  return direction / _per_example_l2(direction) * radius * eps
+
+
+def pgd_sotas(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, *, norm: str, eps: float,
+              step_size: float, steps: int, random_init: bool = True, unroll: bool = False) -> jax.Array:
+  """RPAT_SOTAs' (ReBAT's) `attack_pgd` with one restart, on the cross-entropy.
+
+  Linf is advertorch's PGD (`pgd`): a start uniform in the eps-box, sign steps, project, clip to [0, 1].
+  L2 differs from advertorch in its start and step: a Gaussian direction at a radius uniform in
+  [0, eps], clipped to the image box; then delta += step * g / (|g|_2 + 1e-10), renormed to eps
+  (`torch.renorm`), clipped to the image box. Shapes and units as `pgd`.
+  """
+  if norm == 'linf':
+    return pgd(logits_fn, key, x, labels, norm=norm, eps=eps, step_size=step_size, steps=steps,
+               random_init=random_init, unroll=unroll)
+  if norm != 'l2':
+    raise ValueError(f'norm={norm!r}; allowed: linf, l2')
   x = jax.lax.stop_gradient(x)
-  grad = jax.grad(lambda z: loss_fn(logits_fn(z), labels))(x)
-  return jax.lax.stop_gradient(jnp.clip(x + eps * jnp.sign(grad), 0.0, 1.0))
+  delta = clip_to_image(x, _sotas_l2_start(key, x, eps)) if random_init else jnp.zeros_like(x)
+  grad_fn = jax.grad(lambda d: cross_entropy_sum(logits_fn(x + d), labels))
+
+  def step(_, delta):
+    grad = grad_fn(delta)
+    delta = _renorm_l2(delta + step_size * grad / (_per_example_l2(grad) + 1e-10), eps)
+    return clip_to_image(x, delta)
+
+  delta = jax.lax.fori_loop(0, steps, step, delta, unroll=unroll)
+  return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))

@@ -11,15 +11,13 @@ from typing import Optional
 import ml_collections
 
 from rpat_jax import data
+from rpat_jax import methods
 from rpat_jax import models
 from rpat_jax import threats
 
-METHODS = ('pgd_at', 'trades', 'mart', 'consistency', 'rebat', 'rpat_plus_plus')
-DTYPES = ('float32', 'bfloat16')
 BN_MODES = ('eval', 'train')
 RPAT_FORMS = ('code', 'paper')
 SCHEDULES = ('multistep', 'rebat_piecewise', 'constant')
-TEACHER_BN_MODES = ('eval', 'official')
 PAD_MODES = ('constant', 'reflect')
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 # An eps at or above these is almost surely in 0-255 pixel units (8 instead of 8/255).
@@ -30,27 +28,28 @@ class ConfigError(ValueError):
   """A config value that cannot run; the message is one line naming the key."""
 
 
-def _require(ok: bool, message: str):
+def require(ok: bool, message: str):
+  """Raises ConfigError(message) unless `ok` (for the checks here and a method's own `validate`)."""
   if not ok:
     raise ConfigError(message)
 
 
-def _choice(key: str, value, allowed):
-  _require(value in allowed, f'{key}={value!r} is not allowed; allowed: {", ".join(allowed)}')
+def choice(key: str, value, allowed):
+  require(value in allowed, f'{key}={value!r} is not allowed; allowed: {", ".join(allowed)}')
 
 
 def _positive(key: str, value, kind=float):
-  _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-           and math.isfinite(value) and (kind is float or float(value).is_integer()),
-           f'{key}={value!r} must be a positive {"number" if kind is float else "integer"}')
+  require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+          and math.isfinite(value) and (kind is float or float(value).is_integer()),
+          f'{key}={value!r} must be a positive {"number" if kind is float else "integer"}')
 
 
 def _budget(key: str, value, norm: str):
   _positive(key, value)
   limit = PIXEL_UNIT_LIMITS[norm]
-  _require(value < limit,
-           f'{key}={value!r} looks like 0-255 pixel units; give a fraction of the [0, 1] pixel range, '
-           f'e.g. {value:g}/255 = {value / 255:.6f}')
+  require(value < limit,
+          f'{key}={value!r} looks like 0-255 pixel units; give a fraction of the [0, 1] pixel range, '
+          f'e.g. {value:g}/255 = {value / 255:.6f}')
 
 
 def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> None:
@@ -59,76 +58,75 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
   device_count: the global device count the batches are split over; None skips those checks (the CLI
   validates once before it joins the other processes, and again after).
   """
-  _choice('method', config.method, METHODS)
-  _require(isinstance(config.beta, (int, float)) and config.beta >= 0,
-           f'beta={config.beta!r} must be a number >= 0 (the TRADES / MART weight)')
+  choice('method', config.method, methods.names())
+  method = methods.get(config.method)
+  require(isinstance(config.beta, (int, float)) and config.beta >= 0,
+          f'beta={config.beta!r} must be a number >= 0 (the TRADES / MART weight)')
   _positive('epochs', config.epochs, int)
   _positive('batch_size', config.batch_size, int)
-  _require(device_count is None or config.batch_size % device_count == 0,
-           f'batch_size={config.batch_size} (global) is not divisible by the {device_count} devices of all '
-           f'processes; allowed: a multiple of {device_count}')
-  _require(isinstance(config.seed, int), f'seed={config.seed!r} must be an integer')
+  require(device_count is None or config.batch_size % device_count == 0,
+          f'batch_size={config.batch_size} (global) is not divisible by the {device_count} devices of all '
+          f'processes; allowed: a multiple of {device_count}')
+  require(isinstance(config.seed, int), f'seed={config.seed!r} must be an integer')
 
-  _choice('model.name', config.model.name, models.MODEL_NAMES)
-  _choice('model.dtype', config.model.dtype, DTYPES)
+  choice('model.name', config.model.name, models.MODEL_NAMES)
+  choice('model.dtype', config.model.dtype, tuple(models.DTYPES))
 
   if config.data.name != 'synthetic':
-    _require(data.dataset_available(config.data.name, config.data.data_dir),
+    require(data.dataset_available(config.data.name, config.data.data_dir),
              f'data.name={config.data.name!r} is not prepared in data.data_dir={config.data.data_dir!r}; '
              'allowed: synthetic, or a TFDS dataset prepared there (see the README, "Data")')
-  _choice('data.pad_mode', config.data.pad_mode, PAD_MODES)
-  _require(isinstance(config.data.padding, int) and config.data.padding >= 0,
-           f'data.padding={config.data.padding!r} must be an integer >= 0')
+  choice('data.pad_mode', config.data.pad_mode, PAD_MODES)
+  require(isinstance(config.data.padding, int) and config.data.padding >= 0,
+          f'data.padding={config.data.padding!r} must be an integer >= 0')
 
-  _choice('attack.norm', config.attack.norm, threats.NORMS)
+  choice('attack.norm', config.attack.norm, threats.NORMS)
   _budget('attack.eps', config.attack.eps, config.attack.norm)
   _budget('attack.step_size', config.attack.step_size, config.attack.norm)
   _positive('attack.steps', config.attack.steps, int)
-  _choice('attack.bn_mode', config.attack.bn_mode, BN_MODES)
-  _require(isinstance(config.attack.unroll, bool), f'attack.unroll={config.attack.unroll!r}; allowed: True, False')
+  choice('attack.bn_mode', config.attack.bn_mode, BN_MODES)
+  require(isinstance(config.attack.unroll, bool), f'attack.unroll={config.attack.unroll!r}; allowed: True, False')
 
   rates = tuple(config.rpat.rates) if isinstance(config.rpat.rates, (tuple, list)) else (config.rpat.rates,)
-  _require(len(rates) > 0, 'rpat.rates is empty; allowed: one or more rates in (0, 1)')
+  require(len(rates) > 0, 'rpat.rates is empty; allowed: one or more rates in (0, 1)')
   for rate in rates:
-    _require(isinstance(rate, (int, float)) and 0 < rate < 1,
+    require(isinstance(rate, (int, float)) and 0 < rate < 1,
              f'rpat.rates contains {rate!r}; allowed: rates strictly between 0 and 1')
-  _require(isinstance(config.rpat.lam, (int, float)) and config.rpat.lam >= 0,
-           f'rpat.lam={config.rpat.lam!r} must be a number >= 0')
-  _choice('rpat.form', config.rpat.form, RPAT_FORMS)
-  _require(not config.rpat.fused_forward or config.method in ('pgd_at', 'consistency'),
-           f'rpat.fused_forward=True with method={config.method!r}; allowed: only with pgd_at, consistency')
-  _require(isinstance(config.rpat.batched_forwards, bool),
-           f'rpat.batched_forwards={config.rpat.batched_forwards!r}; allowed: True, False')
-  _require(not (config.rpat.batched_forwards and config.rpat.fused_forward),
-           'rpat.batched_forwards=True with rpat.fused_forward=True; allowed: at most one of them')
-  if config.method in ('rebat', 'rpat_plus_plus'):
-    _require(config.ema.enabled, f'method={config.method} needs the weight average as its teacher; '
-             'allowed: ema.enabled=True')
-    _require(not config.rpat.enabled, f'rpat.enabled=True with method={config.method}; allowed: False '
-             '(RPAT++ is method=rpat_plus_plus)')
-    _require(isinstance(config.rebat.beta, (int, float)) and config.rebat.beta >= 0,
-             f'rebat.beta={config.rebat.beta!r} must be a number >= 0')
-    _require(isinstance(config.rebat.rate, (int, float)) and 0 < config.rebat.rate < 1,
-             f'rebat.rate={config.rebat.rate!r}; allowed: strictly between 0 and 1')
-    _choice('rebat.teacher_bn', config.rebat.teacher_bn, TEACHER_BN_MODES)
+  require(isinstance(config.rpat.lam, (int, float)) and config.rpat.lam >= 0,
+          f'rpat.lam={config.rpat.lam!r} must be a number >= 0')
+  choice('rpat.form', config.rpat.form, RPAT_FORMS)
+  fused = [name for name in methods.names() if methods.get(name).allows_fused_forward]
+  require(not config.rpat.fused_forward or method.allows_fused_forward,
+          f'rpat.fused_forward=True with method={config.method!r}; allowed: only with {", ".join(fused)}')
+  require(isinstance(config.rpat.batched_forwards, bool),
+          f'rpat.batched_forwards={config.rpat.batched_forwards!r}; allowed: True, False')
+  require(not (config.rpat.batched_forwards and config.rpat.fused_forward),
+          'rpat.batched_forwards=True with rpat.fused_forward=True; allowed: at most one of them')
+  require(isinstance(config.rpat.start_epoch, int) and config.rpat.start_epoch >= 0,
+          f'rpat.start_epoch={config.rpat.start_epoch!r} must be an integer >= 0 (0-indexed epoch)')
+  require(not config.rpat.enabled or method.rpat_passes is not None,
+          f'rpat.enabled=True with method={config.method}, which has no RPAT variant; allowed: False'
+          + (' (RPAT++ is method=rpat_plus_plus)' if method.teacher is not None else ''))
+  if method.validate is not None:
+    method.validate(config)
   _positive('consistency.temperature', config.consistency.temperature)
-  _require(config.consistency.lam is None or (isinstance(config.consistency.lam, (int, float))
+  require(config.consistency.lam is None or (isinstance(config.consistency.lam, (int, float))
                                               and config.consistency.lam >= 0),
-           f'consistency.lam={config.consistency.lam!r}; allowed: None (= rpat.lam) or a number >= 0')
+          f'consistency.lam={config.consistency.lam!r}; allowed: None (= rpat.lam) or a number >= 0')
 
   _positive('optimizer.lr', config.optimizer.lr)
-  _choice('schedule.name', config.schedule.name, SCHEDULES)
+  choice('schedule.name', config.schedule.name, SCHEDULES)
   _positive('eval.batch_size', config.eval.batch_size, int)
-  _require(device_count is None or config.eval.batch_size % device_count == 0,
-           f'eval.batch_size={config.eval.batch_size} (global) is not divisible by the {device_count} devices '
-           f'of all processes; allowed: a multiple of {device_count}')
+  require(device_count is None or config.eval.batch_size % device_count == 0,
+          f'eval.batch_size={config.eval.batch_size} (global) is not divisible by the {device_count} devices '
+          f'of all processes; allowed: a multiple of {device_count}')
   _positive('eval.pgd_steps', config.eval.pgd_steps, int)
-  _require(isinstance(config.eval.num_examples, int) and config.eval.num_examples >= 0,
-           f'eval.num_examples={config.eval.num_examples!r} must be an integer >= 0 (0 = all)')
+  require(isinstance(config.eval.num_examples, int) and config.eval.num_examples >= 0,
+          f'eval.num_examples={config.eval.num_examples!r} must be an integer >= 0 (0 = all)')
   _positive('eval.every_epochs', config.eval.every_epochs, int)
-  _require(isinstance(config.ema.decay, (int, float)) and 0 <= config.ema.decay < 1,
-           f'ema.decay={config.ema.decay!r}; allowed: a number in [0, 1)')
-  _require(isinstance(config.ema.start_epoch, int) and config.ema.start_epoch >= 0,
-           f'ema.start_epoch={config.ema.start_epoch!r} must be an integer >= 0')
+  require(isinstance(config.ema.decay, (int, float)) and 0 <= config.ema.decay < 1,
+          f'ema.decay={config.ema.decay!r}; allowed: a number in [0, 1)')
+  require(isinstance(config.ema.start_epoch, int) and config.ema.start_epoch >= 0,
+          f'ema.start_epoch={config.ema.start_epoch!r} must be an integer >= 0')
   _positive('checkpoint.keep', config.checkpoint.keep, int)
-  _choice('log.progress', config.log.progress, PROGRESS)
+  choice('log.progress', config.log.progress, PROGRESS)

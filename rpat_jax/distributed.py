@@ -12,6 +12,7 @@ import hashlib
 import os
 import sys
 import threading
+import types
 from typing import Optional
 
 import jax
@@ -21,11 +22,21 @@ from absl import flags
 MODES = ('auto', 'on', 'off')
 EXIT_CODE = 2
 
-_MODE = flags.DEFINE_enum('distributed', 'auto', MODES, 'Join jax.distributed: auto, on or off.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (explicit clusters).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (explicit clusters).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (explicit clusters).')
-_TIMEOUT = flags.DEFINE_integer('init_timeout', 300, 'Seconds to wait for every process to join.')
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  """Defines --distributed, --coordinator_address, --num_processes, --process_id and --init_timeout on
+  `flag_values` (a binary calls this; importing this module defines nothing); returns their holders."""
+  values = dict(flag_values=flag_values)
+  return types.SimpleNamespace(
+      mode=flags.DEFINE_enum('distributed', 'auto', MODES, 'Join jax.distributed: auto, on or off.', **values),
+      coordinator=flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (explicit clusters).',
+                                      **values),
+      num_processes=flags.DEFINE_integer('num_processes', None, 'Number of processes (explicit clusters).',
+                                         **values),
+      process_id=flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (explicit clusters).',
+                                      **values),
+      timeout=flags.DEFINE_integer('init_timeout', 300, 'Seconds to wait for every process to join.', **values))
 
 
 class DistributedError(RuntimeError):
@@ -45,11 +56,13 @@ def _wanted(mode: str, coordinator: Optional[str], num_processes: Optional[int])
   return int(os.environ.get('SLURM_NTASKS', '1')) > 1
 
 
-def initialize_from_flags() -> None:
-  initialize(_MODE.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _TIMEOUT.value)
+def initialize_from_flags(holders: types.SimpleNamespace) -> None:
+  """`initialize` with the values of the flags `define_flags` returned."""
+  initialize(holders.mode.value, coordinator=holders.coordinator.value, num_processes=holders.num_processes.value,
+             process_id=holders.process_id.value, timeout=holders.timeout.value)
 
 
-def initialize(mode: str = 'auto', coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+def initialize(mode: str = 'auto', *, coordinator: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None, timeout: int = 300) -> None:
   """Joins the runtime if `mode` says so (see the module docstring); a no-op for one process."""
   if mode not in MODES:

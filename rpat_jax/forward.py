@@ -19,19 +19,6 @@ import ml_collections
 from rpat_jax import models
 from rpat_jax.models import layers
 
-# The keys of config.model that each architecture takes besides num_classes and dtype.
-_MODEL_KWARGS = {
-    'small_cnn': ('width',),
-    'wide_resnet': ('depth', 'widen_factor', 'stem_stride'),
-    'resnet18_bottleneck': ('stem_stride',),
-}
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  kwargs = {key: model_config[key] for key in _MODEL_KWARGS.get(model_config.name, ())}
-  return models.create_model(model_config.name, num_classes, dtype=DTYPES[model_config.dtype], **kwargs)
-
 
 @dataclasses.dataclass(frozen=True)
 class Forward:
@@ -42,7 +29,7 @@ class Forward:
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict, num_classes: int) -> 'Forward':
-    model = build_model(model_config, num_classes)
+    model = models.from_config(model_config, num_classes)
     if not model_config.normalize:
       return cls(model)
     return cls(model, tuple(model_config.mean), tuple(model_config.std))

@@ -8,7 +8,9 @@ the same command in every process (see launch/): `--distributed`, `--coordinator
 `--num_processes`, `--process_id`, `--init_timeout` (rpat_jax/distributed.py).
 """
 
+import functools
 import sys
+import types
 
 import jax
 from absl import app
@@ -23,30 +25,37 @@ from rpat_jax import metrics_log
 from rpat_jax import threats
 from rpat_jax import train
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard events.')
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. configs/prn18.py.',
-                                          lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  """Defines --config, --workdir and the multi-process flags on `flag_values`; returns their holders."""
+  cli = types.SimpleNamespace(
+      workdir=flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard events.',
+                                  flag_values=flag_values),
+      config=config_flags.DEFINE_config_file('config', None, 'A config file, e.g. configs/prn18.py.',
+                                             lock_config=True, flag_values=flag_values),
+      distributed=distributed.define_flags(flag_values))
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
+  return cli
 
 
-def main(argv):
+def main(argv, cli) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   metrics_log.quiet_library_logs()
   try:
-    config = threats.resolve(_CONFIG.value)
+    config = threats.resolve(cli.config.value)
     config_validation.validate(config, device_count=None)  # What needs no device: before joining.
-    distributed.initialize_from_flags()
+    distributed.initialize_from_flags(cli.distributed)
     logging.info('process %d of %d; %d local / %d global devices (%s)', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
     distributed.check_same_everywhere('--config', config.to_json_best_effort(sort_keys=True))
-    distributed.check_same_everywhere('--workdir', _WORKDIR.value)
+    distributed.check_same_everywhere('--workdir', cli.workdir.value)
     config_validation.validate(config, jax.device_count())
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, cli.workdir.value)
   except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError) as error:
     print(f'rpat_jax: error: {error}', file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(functools.partial(main, cli=define_flags()))

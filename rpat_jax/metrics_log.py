@@ -9,7 +9,7 @@ import logging as std_logging
 import os
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 from absl import logging

@@ -7,6 +7,7 @@ parameter, BatchNorm scales and biases included.
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 
@@ -24,7 +25,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
   if schedule.name == 'constant':
     return optax.constant_schedule(base)
   if schedule.name == 'multistep':
-    milestones = jnp.asarray(sorted(schedule.milestones), jnp.int32)
+    milestones = np.asarray(sorted(schedule.milestones), np.int32)  # numpy: safe to build under a trace.
 
     def multistep(count):
       epoch = count // steps_per_epoch

@@ -2,11 +2,13 @@
 
 `train_step(state, batch, rng) -> (state, metrics)` is jitted once with everything inside it. The run's
 base key `rng` is folded with `state.step`, so each step's randomness is a function of the step alone
-and a resumed run repeats an uninterrupted one exactly.
+and a resumed run repeats an uninterrupted one exactly. The step knows no method by name: the method's
+declaration (`rpat_jax.methods`) gives its attack, its train-mode forwards in order, its loss, its
+views and its teacher; RPAT is added here from the logits of x, x' and x~.
 """
 
 import functools
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +19,13 @@ from flax.training import train_state
 
 from rpat_jax import attacks
 from rpat_jax import data
+from rpat_jax import methods
 from rpat_jax import objectives
 from rpat_jax import optim
 from rpat_jax.forward import Forward
 
 Metrics = Dict[str, jax.Array]
+TEACHER_LIMIT = 1e10  # [S] adds the teacher term only when its value is below this (a NaN / inf guard).
 
 
 class TrainState(train_state.TrainState):
@@ -55,7 +59,16 @@ def create_train_state(config: ml_collections.ConfigDict, forward: Forward, tx: 
                            batch_stats=variables['batch_stats'], rng=jax.random.key_data(run_key), ema=ema)
 
 
-def _train_forwards(forward: Forward, params, stats, groups, batched: bool):
+def rpat_active(config: ml_collections.ConfigDict, epoch: int) -> bool:
+  """Whether epoch `epoch` (0-indexed) trains with RPAT: `rpat.enabled` from `rpat.start_epoch` on.
+
+  Before it the step is the method's own (no x~ forward, no extra clean forward), as the official code,
+  whose `epoch >= RA_start` (1-indexed epochs) picks between the two losses: our start_epoch = RA_start - 1.
+  """
+  return bool(config.rpat.enabled) and epoch >= config.rpat.start_epoch
+
+
+def _train_forwards(forward: Forward, params, stats, groups: Sequence[jax.Array], batched: bool):
   """Train-mode forwards of `groups` in call order, each group a stack [n, B, ...] (n = 1: one call; n > 1:
   one call per rate, `train_logits_per_rate`), the running statistics updated call after call.
 
@@ -78,63 +91,44 @@ def _train_forwards(forward: Forward, params, stats, groups, batched: bool):
   return outputs, stats
 
 
-def _rpat_pass(forward: Forward, rpat: ml_collections.ConfigDict, params, stats, x, x_adv):
-  """The official order of train-mode forwards for PGD-AT + RPAT: z(x') -> z(x~) -> z(x).
+def train_passes(forward: Forward, rpat: ml_collections.ConfigDict, params, stats,
+                 passes: Sequence[methods.Pass], inputs: Mapping[str, jax.Array]):
+  """Runs a method's train-mode forwards in their declared order.
 
-  Returns (z_adv, z_interp [R, B, K], z_clean, final batch_stats). With `fused_forward` the three
-  inputs go through one forward and share one set of batch statistics; with `batched_forwards` they go
-  through one vmapped pass, each with its own (the official semantics).
+  inputs: {name: images}, 'interp' stacked [R, B, ...]. Returns ({pass name: logits [B, K], or [R, B, K]
+  for 'interp'}, final batch_stats). `rpat.batched_forwards`: one vmapped pass, each input with its own
+  batch statistics (the official semantics); `rpat.fused_forward`: one forward over the concatenated
+  inputs, one set of batch statistics for all (faster, not official).
   """
-  rates = jnp.asarray(rpat.rates, jnp.float32)
-  x_interp = objectives.interpolate(x, x_adv, rates)  # [R, B, H, W, C]
+  groups = [inputs[p.input] if p.input == 'interp' else inputs[p.input][None] for p in passes]
   if rpat.fused_forward:
-    num_rates, batch = x_interp.shape[:2]
-    stacked = jnp.concatenate([x_adv, x_interp.reshape((-1,) + x.shape[1:]), x])
-    logits, stats = forward.train_logits(params, stats, stacked)
-    z_adv = logits[:batch]
-    z_interp = logits[batch:batch * (num_rates + 1)].reshape((num_rates, batch, -1))
-    z_clean = logits[batch * (num_rates + 1):]
-    return z_adv, z_interp, z_clean, stats
-  (z_adv, z_interp, z_clean), stats = _train_forwards(forward, params, stats, [x_adv[None], x_interp, x[None]],
-                                                      rpat.batched_forwards)
-  return z_adv[0], z_interp, z_clean[0], stats
-
-
-def _adversarial_examples(config: ml_collections.ConfigDict, logits_fn, key, x, labels):
-  """The method's inner maximisation: PGD on CE (PGD-AT), on KL to the clean prediction (TRADES) or on
-  CE from a small Gaussian start (MART), with the BatchNorm mode the caller chose for `logits_fn`."""
-  attack = config.attack
-  hyper = dict(norm=attack.norm, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
-               unroll=attack.unroll)
-  if config.method in ('pgd_at', 'consistency'):
-    return attacks.pgd(logits_fn, key, x, labels, random_init=attack.random_start, **hyper)
-  if config.method == 'trades':
-    clean_logits = jax.lax.stop_gradient(logits_fn(x))
-    loss_fn = lambda logits: jnp.sum(objectives.kl_terms(clean_logits, logits))
+    flat = jnp.concatenate([group.reshape((-1,) + group.shape[2:]) for group in groups])
+    logits, stats = forward.train_logits(params, stats, flat)
+    sizes = np.cumsum([group.shape[0] * group.shape[1] for group in groups])[:-1]
+    outputs = [part.reshape(group.shape[:2] + part.shape[1:])
+               for part, group in zip(jnp.split(logits, sizes), groups)]
   else:
-    loss_fn = lambda logits: attacks.cross_entropy_sum(logits, labels)
-  return attacks.small_noise_pgd(logits_fn, key, x, loss_fn, **hyper)
+    outputs, stats = _train_forwards(forward, params, stats, groups, rpat.batched_forwards)
+  logits = {p.name: (out if p.input == 'interp' else out[0]) for p, out in zip(passes, outputs)}
+  return logits, stats
 
 
-def _teacher_logits(config: ml_collections.ConfigDict, forward: Forward, ema, epoch, x, x_adv):
-  """The weight average's logits for ReBAT ([z(x')]) or RPAT++ ([z(x), z(x + r delta)], [S]'s order), and
-  the average's BN statistics afterwards.
+def teacher_logits(config: ml_collections.ConfigDict, forward: Forward, teacher: methods.Teacher, ema, epoch,
+                   inputs: Mapping[str, jax.Array]):
+  """The weight average's logits of `teacher.inputs` (no gradient) and its BN statistics afterwards.
 
   `rebat.teacher_bn='eval'`: running statistics, always. 'official': [S]'s accident, where the average is
   still in train mode during its first epoch (`ema.start_epoch`): batch statistics, and each teacher
   forward moves its running statistics before that step's EMA update.
   """
-  if config.method == 'rebat':
-    inputs = [x_adv]
-  else:
-    inputs = [x, jnp.clip(x + config.rebat.rate * (x_adv - x), 0.0, 1.0)]
+  images = [inputs[name] for name in teacher.inputs]
 
   def eval_mode(stats):
-    return [forward.eval_logits(ema['params'], stats, image) for image in inputs], stats
+    return [forward.eval_logits(ema['params'], stats, image) for image in images], stats
 
   def train_mode(stats):
     outputs = []
-    for image in inputs:
+    for image in images:
       logits, stats = forward.train_logits(ema['params'], stats, image)
       outputs.append(logits)
     return outputs, stats
@@ -146,98 +140,99 @@ def _teacher_logits(config: ml_collections.ConfigDict, forward: Forward, ema, ep
   return jax.lax.stop_gradient(outputs), stats
 
 
-def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_per_epoch: int):
+def guarded_teacher_term(config, teacher: methods.Teacher, targets, logits: Mapping[str, jax.Array]) -> jax.Array:
+  """The teacher term where its value is below TEACHER_LIMIT, else 0 with a zero gradient ([S] does not add
+  it then). An infinite teacher logit makes the term NaN: `where(ok, term, 0)` alone would keep the NaN in
+  the gradient, so the term is computed again on finite stand-ins when it is left out."""
+  value = teacher.loss(config, targets, jax.lax.stop_gradient(logits))
+  ok = value < TEACHER_LIMIT  # False for NaN too.
+  safe_targets = [jnp.where(ok, target, 0.0) for target in targets]
+  safe_logits = {name: jnp.where(ok, z, jax.lax.stop_gradient(jnp.zeros_like(z))) for name, z in logits.items()}
+  return jnp.where(ok, teacher.loss(config, safe_targets, safe_logits), 0.0)
+
+
+def training_views(config: ml_collections.ConfigDict, views: int, batch: Mapping[str, jax.Array], key: jax.Array):
+  """The augmented training inputs (x [views * B, H, W, C] in [0, 1], labels [views * B]): `views` random
+  crops and flips of each image, drawn with independent keys."""
+  augment = functools.partial(data.random_crop_flip, images=batch['image'], padding=config.data.padding,
+                              pad_mode=config.data.pad_mode, flip=config.data.flip)
+  if views == 1:
+    return augment(key), batch['label']
+  keys = jax.random.split(key, views)
+  return jnp.concatenate([augment(k) for k in keys]), jnp.concatenate([batch['label']] * views)
+
+
+def attack_logits_fn(config: ml_collections.ConfigDict, forward: Forward, params, batch_stats):
+  """The logits function the training attack sees: BN running statistics (`attack.bn_mode='eval'`) or the
+  attacked batch's own statistics ('train'); the running statistics are never updated by the attack."""
+  if config.attack.bn_mode == 'eval':
+    return functools.partial(forward.eval_logits, params, batch_stats)
+  return functools.partial(forward.batch_stat_logits, params, batch_stats)
+
+
+def adversarial_batch(config: ml_collections.ConfigDict, forward: Forward, state: TrainState,
+                      batch: Mapping[str, jax.Array], rng: jax.Array):
+  """(x, labels, x') of the step `state.step`: the method's views and its inner maximisation."""
+  method = methods.get(config.method)
+  aug_key, attack_key = jax.random.split(jax.random.fold_in(rng, state.step))
+  x, labels = training_views(config, method.views, batch, aug_key)
+  logits_fn = attack_logits_fn(config, forward, state.params, state.batch_stats)
+  return x, labels, method.attack(config, logits_fn, attack_key, x, labels)
+
+
+def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_per_epoch: int, *,
+                    with_rpat: Optional[bool] = None):
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)` for `config`.
 
   batch: {'image': uint8 [B, H, W, C], 'label': int32 [B]}, raw (augmentation happens here).
   rng: the run's base key (typed). metrics: scalar float32 device arrays.
+  with_rpat: the step of an epoch where `rpat_active` holds (None: `rpat.enabled`); the loop picks it per
+  epoch, so a delayed RPAT (`rpat.start_epoch`) runs none of its forwards before it starts.
   """
-  attack, rpat = config.attack, config.rpat
+  method = methods.get(config.method)
+  with_rpat = bool(config.rpat.enabled) if with_rpat is None else with_rpat
+  passes = method.passes_for(with_rpat)
+  rpat = config.rpat
   regulariser = objectives.RPAT_FORMS[rpat.form]
   rates = jnp.asarray(rpat.rates, jnp.float32)
   schedule = optim.learning_rate_schedule(config, steps_per_epoch)  # For logging the step's lr.
+  wanted = [p.input for p in passes] + list(method.teacher.inputs if method.teacher else ())
+  wanted += [method.post_step_input] if method.post_step_input else []
+
+  def rpat_term(logits):
+    z_clean, z_adv = logits['clean'], logits['adv']
+    if rpat.detach_target:
+      z_clean, z_adv = jax.lax.stop_gradient(z_clean), jax.lax.stop_gradient(z_adv)
+    return regulariser(logits['interp'], z_clean, z_adv, rates)
 
   def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array) -> Tuple[TrainState, Metrics]:
-    aug_key, attack_key = jax.random.split(jax.random.fold_in(rng, state.step))
-    augment = functools.partial(data.random_crop_flip, images=batch['image'], padding=config.data.padding,
-                                pad_mode=config.data.pad_mode, flip=config.data.flip)
-    labels = batch['label']
-    if config.method == 'consistency':  # Two augmented views of each image: a batch of 2B.
-      view_keys = jax.random.split(aug_key)
-      x = jnp.concatenate([augment(view_keys[0]), augment(view_keys[1])])
-      labels = jnp.concatenate([labels, labels])
-    else:
-      x = augment(aug_key)
-
-    if attack.bn_mode == 'eval':
-      attack_logits = functools.partial(forward.eval_logits, state.params, state.batch_stats)
-    else:
-      attack_logits = functools.partial(forward.batch_stat_logits, state.params, state.batch_stats)
-    x_adv = _adversarial_examples(config, attack_logits, attack_key, x, labels)
-
+    x, labels, x_adv = adversarial_batch(config, forward, state, batch, rng)
+    inputs = methods.make_inputs(config, x, x_adv, wanted)
     epoch = state.step // steps_per_epoch
-    lam = jnp.where(epoch >= rpat.start_epoch, rpat.lam, 0.0)
-    # [B] weights the consistency term with the same --lam as RPAT; `consistency.lam` separates them.
-    consistency_weight = rpat.lam if config.consistency.lam is None else config.consistency.lam
-
-    def rpat_term(z_interp, z_clean, z_adv):
-      if rpat.detach_target:
-        z_clean, z_adv = jax.lax.stop_gradient(z_clean), jax.lax.stop_gradient(z_adv)
-      return regulariser(z_interp, z_clean, z_adv, rates)
-
-    teacher_logits, teacher_stats = None, None
-    if config.method in ('rebat', 'rpat_plus_plus'):  # The weight average's logits: no gradient.
-      teacher_logits, teacher_stats = _teacher_logits(config, forward, state.ema, epoch, x, x_adv)
+    targets, teacher_stats = None, None
+    if method.teacher is not None:
+      targets, teacher_stats = teacher_logits(config, forward, method.teacher, state.ema, epoch, inputs)
 
     def loss_fn(params):
-      aux = {}
-      if config.method in ('pgd_at', 'consistency'):
-        if rpat.enabled:  # Official order: z(x') -> z(x~) -> z(x).
-          z_adv, z_interp, z_clean, stats = _rpat_pass(forward, rpat, params, state.batch_stats, x, x_adv)
-          aux.update(rpat_loss=rpat_term(z_interp, z_clean, z_adv), clean_acc=objectives.accuracy(z_clean, labels))
-        else:
-          z_adv, stats = forward.train_logits(params, state.batch_stats, x_adv)
-        base_loss = objectives.cross_entropy(z_adv, labels)
-        aux.update(ce_loss=base_loss)
-        if config.method == 'consistency':  # JS between the two views' adversarial predictions.
-          views = jnp.split(z_adv, 2)
-          aux.update(consistency_loss=objectives.jensen_shannon(views[0], views[1], config.consistency.temperature))
-          base_loss = base_loss + consistency_weight * aux['consistency_loss']
-      elif config.method in ('rebat', 'rpat_plus_plus'):  # [S]: one online forward; the average teaches.
-        z_adv, stats = forward.train_logits(params, state.batch_stats, x_adv)
-        base_loss = objectives.cross_entropy(z_adv, labels)
-        if config.method == 'rebat':
-          regulariser_loss = objectives.boat_kl(teacher_logits[0], z_adv)
-        else:
-          regulariser_loss = objectives.rpat_plus_plus_kl(*teacher_logits, z_adv, config.rebat.rate)
-        regulariser_loss = jnp.where(regulariser_loss < 1e10, regulariser_loss, 0.0)  # [S]'s NaN/inf guard.
-        aux.update(ce_loss=base_loss, teacher_loss=regulariser_loss)
-        beta = jnp.where(epoch >= config.ema.start_epoch, config.rebat.beta, 0.0)  # From the warm-up epoch.
-        base_loss = base_loss + beta * regulariser_loss
-      else:  # TRADES: z(x) -> z(x') -> z(x) (the KL target) -> z(x~); MART: z(x) -> z(x') -> z(x~).
-        groups = [x[None], x_adv[None]] + ([x[None]] if config.method == 'trades' else [])
-        if rpat.enabled:
-          groups.append(objectives.interpolate(x, x_adv, rates))
-        outputs, stats = _train_forwards(forward, params, state.batch_stats, groups, rpat.batched_forwards)
-        z_clean, z_adv = outputs[0][0], outputs[1][0]
-        if config.method == 'trades':
-          base_loss, ce_loss, kl_loss = objectives.trades_loss(z_clean, z_adv, outputs[2][0], labels, config.beta)
-          aux.update(ce_loss=ce_loss, kl_loss=kl_loss)
-        else:
-          base_loss, adversarial_loss, robust_loss = objectives.mart_loss(z_clean, z_adv, labels, config.beta)
-          aux.update(ce_loss=objectives.cross_entropy(z_adv, labels), mart_adv_loss=adversarial_loss,
-                     mart_robust_loss=robust_loss)
-        aux.update(clean_acc=objectives.accuracy(z_clean, labels))
-        if rpat.enabled:
-          aux.update(rpat_loss=rpat_term(outputs[-1], z_clean, z_adv))
-      aux.update(acc=objectives.accuracy(z_adv, labels))
-      return base_loss + lam * aux.get('rpat_loss', 0.0), (stats, aux)
+      logits, stats = train_passes(forward, rpat, params, state.batch_stats, passes, inputs)
+      loss, aux = method.loss(config, logits, labels)
+      if method.teacher is not None:  # From the warm-up epoch on: before it the average is a copy.
+        aux['teacher_loss'] = guarded_teacher_term(config, method.teacher, targets, logits)
+        weight = jnp.where(epoch >= config.ema.start_epoch, method.teacher.weight(config), 0.0)
+        loss = loss + weight * aux['teacher_loss']
+      if with_rpat:
+        aux['rpat_loss'] = rpat_term(logits)
+        loss = loss + rpat.lam * aux['rpat_loss']
+      if 'clean' in logits:
+        aux['clean_acc'] = objectives.accuracy(logits['clean'], labels)
+      aux['acc'] = objectives.accuracy(logits['adv'], labels)
+      return loss, (stats, aux)
 
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     lr = schedule(state.step)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if config.method in ('rebat', 'rpat_plus_plus'):  # [S] logs a clean train-mode forward after the step,
-      _, post_step_stats = forward.train_logits(state.params, state.batch_stats, x)  # moving BN statistics.
+    if method.post_step_input:  # [S] logs a train-mode forward after the step: it moves BN statistics.
+      _, post_step_stats = forward.train_logits(state.params, state.batch_stats, inputs[method.post_step_input])
       state = state.replace(batch_stats=post_step_stats)
     if config.ema.enabled:  # A copy before ema.start_epoch, then an average per step ([S]'s WA).
       decay = jnp.where(epoch >= config.ema.start_epoch, config.ema.decay, 0.0)

@@ -5,11 +5,10 @@ Resume precedence: a checkpoint in `workdir/checkpoints` always wins; otherwise 
 is a permutation keyed by (data key, e)), so a resumed run repeats an uninterrupted one exactly.
 """
 
-import json
 import math
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,14 +17,11 @@ import numpy as np
 from absl import logging
 
 from rpat_jax import checkpointing
-from rpat_jax import config_validation
-from rpat_jax import data
 from rpat_jax import metrics_log
-from rpat_jax import optim
 from rpat_jax import parallel
 from rpat_jax import steps
-from rpat_jax import threats
-from rpat_jax.forward import Forward
+from rpat_jax.experiment import Experiment
+from rpat_jax.experiment import create as create_experiment
 
 
 def run_keys(state: steps.TrainState):
@@ -34,38 +30,42 @@ def run_keys(state: steps.TrainState):
   return step_key, data_key, eval_key
 
 
-def make_epoch_step(config: ml_collections.ConfigDict, forward: Forward, num_train: int, steps_per_epoch: int,
-                    mesh):
+def make_epoch_step(experiment: Experiment, *, with_rpat: Optional[bool] = None):
   """`step(state, train_images, train_labels) -> (state, metrics)`: selects the batch, then trains.
 
-  The batch is chosen on the device from the step count: a per-epoch permutation of the `num_train`
-  training rows (last partial batch dropped; a new permutation each epoch), gathered from the
-  row-sharded dataset (`parallel.gather_rows`). Nothing crosses from the host, and the batches are the
-  same on any number of devices.
+  The batch is chosen on the device from the step count: a per-epoch permutation of the training rows
+  (last partial batch dropped; a new permutation each epoch), gathered from the row-sharded dataset
+  (`parallel.gather_rows`). Nothing crosses from the host, and the batches are the same on any number
+  of devices. with_rpat: as `steps.make_train_step` (the loop passes `steps.rpat_active` of the epoch).
   """
-  train_step = steps.make_train_step(config, forward, steps_per_epoch)
-  batch_size = config.batch_size
+  config, num_train = experiment.config, experiment.info.num_train
+  train_step = steps.make_train_step(config, experiment.forward, experiment.steps_per_epoch, with_rpat=with_rpat)
+  batch_size, steps_per_epoch = config.batch_size, experiment.steps_per_epoch
 
   def step(state, images, labels):
     step_key, data_key, _ = run_keys(state)
     epoch, index = jnp.divmod(state.step, steps_per_epoch)
     order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_train)
     chosen = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
-    batch_images, batch_labels = parallel.gather_rows(mesh, images, labels, chosen)
+    batch_images, batch_labels = parallel.gather_rows(experiment.mesh, images, labels, chosen)
     return train_step(state, {'image': batch_images, 'label': batch_labels}, step_key)
 
   return step
 
 
-def eval_rows(num_test: int, num_examples: int, batch_size: int) -> np.ndarray:
-  """Row ids [N_b, B] of the first `num_examples` test images (0 = all), padded with PADDING."""
-  n = num_test if num_examples == 0 else min(num_examples, num_test)
-  return parallel.padded_rows(n, batch_size).reshape(-1, batch_size)
+def compile_epoch_step(experiment: Experiment, state, images, labels, *, with_rpat: Optional[bool] = None):
+  """The epoch step compiled for these arguments: the state donated, results replicated."""
+  replicated = parallel.replicated(experiment.mesh)
+  step = jax.jit(make_epoch_step(experiment, with_rpat=with_rpat), donate_argnums=0,
+                 out_shardings=(replicated, replicated))
+  return step.lower(state, images, labels).compile()
 
 
-def _images_and_labels(data_config, split: str, rows: np.ndarray):
-  images, labels = data.load_rows(data_config, split, rows)
-  return images, labels.astype(np.int32)
+def compile_evaluate(experiment: Experiment, state, eval_data):
+  """`evaluate(state, images, labels, mask) -> sums`, the per-epoch clean and PGD-k evaluation, compiled."""
+  evaluate = steps.make_evaluate(experiment.config, experiment.forward)
+  return jax.jit(lambda s, i, l, m: evaluate(s, i, l, m, run_keys(s)[2]),
+                 out_shardings=parallel.replicated(experiment.mesh)).lower(state, *eval_data).compile()
 
 
 def _mean_metrics(step_metrics) -> Dict[str, float]:
@@ -75,23 +75,12 @@ def _mean_metrics(step_metrics) -> Dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final state."""
-  config = threats.resolve(config)
-  config_validation.validate(config, jax.device_count())
-  info = data.describe(config.data)
-  steps_per_epoch = info.num_train // config.batch_size
-  if steps_per_epoch < 1:
-    raise config_validation.ConfigError(
-        f'batch_size={config.batch_size} exceeds the {info.num_train} training images')
-
-  mesh = parallel.make_mesh()
-  replicated = parallel.replicated(mesh)
-  forward = Forward.from_config(config.model, info.num_classes)
-  tx = optim.make_optimizer(config, steps_per_epoch)
-  state = jax.jit(lambda: steps.create_train_state(config, forward, tx, info.image_shape),
-                  out_shardings=replicated)()
+  experiment = create_experiment(config)
+  config, info = experiment.config, experiment.info
+  state = experiment.init_state()
   logging.info('%s: %d parameters, %d classes, %d train / %d test images, %d steps per epoch, %d devices '
                'in %d processes', config.model.name, sum(p.size for p in jax.tree.leaves(state.params)),
-               info.num_classes, info.num_train, info.num_test, steps_per_epoch, jax.device_count(),
+               info.num_classes, info.num_train, info.num_test, experiment.steps_per_epoch, jax.device_count(),
                jax.process_count())
 
   os.makedirs(workdir, exist_ok=True)
@@ -105,25 +94,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
       f.write(config.to_json_best_effort(indent=2))
 
   # Each process reads only the rows its devices hold; the arrays stay on the devices for the whole run.
-  train_images, train_labels = parallel.rows_to_global(
-      parallel.padded_rows(info.num_train, jax.device_count()), parallel.batch_sharded(mesh),
-      lambda rows: _images_and_labels(config.data, 'train', rows))
-  eval_data = parallel.rows_to_global(
-      eval_rows(info.num_test, config.eval.num_examples, config.eval.batch_size),
-      parallel.batch_sharded(mesh, axis=1),
-      lambda rows: (*_images_and_labels(config.data, 'test', rows), np.ones(len(rows), bool)))
+  train_images, train_labels = experiment.train_data()
+  eval_data = experiment.test_data()
 
   compile_start = time.perf_counter()
-  epoch_step = jax.jit(make_epoch_step(config, forward, info.num_train, steps_per_epoch, mesh), donate_argnums=0,
-                       out_shardings=(replicated, replicated)).lower(state, train_images, train_labels).compile()
-  evaluate = steps.make_evaluate(config, forward)
-  evaluate = jax.jit(lambda s, i, l, m: evaluate(s, i, l, m, run_keys(s)[2]),
-                     out_shardings=replicated).lower(state, *eval_data).compile()
+  epoch_steps = {}  # with_rpat -> compiled step; a delayed RPAT compiles its second step when it starts.
+
+  def epoch_step_for(epoch: int):
+    with_rpat = steps.rpat_active(config, epoch)
+    if with_rpat not in epoch_steps:
+      epoch_steps[with_rpat] = compile_epoch_step(experiment, state, train_images, train_labels,
+                                                  with_rpat=with_rpat)
+    return epoch_steps[with_rpat]
+
+  if meta['epoch'] < config.epochs:
+    epoch_step_for(meta['epoch'])
+  evaluate = compile_evaluate(experiment, state, eval_data)
   logging.info('Compiled the train step and the evaluation in %.1fs.', time.perf_counter() - compile_start)
 
   log = metrics_log.MetricsLog(workdir, resume_epoch=meta['epoch'])
   for epoch in range(meta['epoch'], config.epochs):
-    row = _train_epoch(config, epoch_step, state, train_images, train_labels, steps_per_epoch, epoch)
+    row = _train_epoch(config, epoch_step_for(epoch), state, train_images, train_labels,
+                       experiment.steps_per_epoch, epoch)
     state = row.pop('state')
     if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.epochs:
       eval_start = time.perf_counter()

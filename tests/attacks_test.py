@@ -1,4 +1,5 @@
-"""PGD and FGSM: stay in the threat set and the image box, raise the loss, find known optima."""
+"""PGD ([B]'s advertorch form, [S]'s attack_pgd, TRADES/MART's small-noise start): stay in the threat set
+and the image box, raise the loss, find known optima."""
 
 import jax
 import jax.numpy as jnp
@@ -80,11 +81,40 @@ def test_l2_pgd_reaches_the_sphere_along_the_gradient_of_a_linear_model():
   np.testing.assert_allclose(delta / eps, np.broadcast_to(direction, delta.shape), atol=2e-2)
 
 
-def test_fgsm_is_one_signed_step():
+def test_sotas_pgd_is_advertorch_pgd_in_linf():
   model, (x, y) = _linear_model(), _data()
-  grad = jax.grad(lambda v: _loss(model, v, y))(x)
-  expected = np.clip(np.asarray(x) + 0.05 * np.sign(np.asarray(grad)), 0, 1)
-  np.testing.assert_allclose(attacks.fgsm(model, x, y, eps=0.05), expected, atol=1e-7)
+  hyper = dict(norm='linf', eps=8 / 255, step_size=2 / 255, steps=3)
+  np.testing.assert_array_equal(attacks.pgd_sotas(model, jax.random.key(2), x, y, **hyper),
+                                attacks.pgd(model, jax.random.key(2), x, y, **hyper))
+
+
+def test_sotas_l2_starts_at_a_uniform_radius_and_steps_then_renorms():
+  """[S]'s L2 start is a Gaussian direction at a radius uniform in [0, eps] (advertorch's is at the
+  sphere); with a zero gradient the steps leave it there. Along a linear model's gradient it then
+  reaches the sphere."""
+  flat = lambda v: np.asarray(v).reshape(v.shape[0], -1)
+  x = jnp.full((256,) + _DIM, 0.5)
+  constant = lambda images: jnp.zeros((images.shape[0], 3))
+  eps = 0.3
+  x_adv = attacks.pgd_sotas(constant, jax.random.key(0), x, jnp.zeros(256, jnp.int32), norm='l2', eps=eps,
+                            step_size=0.05, steps=2)
+  radii = np.linalg.norm(flat(x_adv - x), axis=1)
+  assert radii.max() <= eps * (1 + 1e-5) and radii.min() < 0.1 * eps and 0.4 * eps < radii.mean() < 0.6 * eps
+  unmoved = attacks.pgd_sotas(constant, jax.random.key(0), x, jnp.zeros(256, jnp.int32), norm='l2', eps=eps,
+                              step_size=0.05, steps=2, random_init=False)
+  np.testing.assert_array_equal(unmoved, x)
+
+  rng = np.random.default_rng(4)
+  weight = jnp.asarray(rng.normal(size=(int(np.prod(_DIM)), 2)), jnp.float32)
+  linear = lambda v: v.reshape(v.shape[0], -1) @ weight
+  x = jnp.asarray(rng.uniform(0.3, 0.7, size=(4,) + _DIM), jnp.float32)
+  x_adv = attacks.pgd_sotas(linear, jax.random.key(1), x, jnp.zeros(4, jnp.int32), norm='l2', eps=0.25,
+                            step_size=0.1, steps=20)
+  direction = np.asarray(weight[:, 1] - weight[:, 0])
+  delta = flat(x_adv - x)
+  np.testing.assert_allclose(np.linalg.norm(delta, axis=1), 0.25, rtol=1e-4)
+  np.testing.assert_allclose(delta / 0.25, np.broadcast_to(direction / np.linalg.norm(direction), delta.shape),
+                             atol=2e-2)
 
 
 def test_pgd_same_key_same_result_and_no_gradient_to_inputs():

@@ -13,10 +13,9 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from rpat_jax import attacks
-from rpat_jax import optim
+from rpat_jax import experiment
 from rpat_jax import steps
 from rpat_jax.bench import report
-from rpat_jax.forward import Forward
 
 
 def _compiled_flops(fn, *args) -> float:
@@ -81,8 +80,8 @@ def test_torch_twin_step_equals_our_step():
   from rpat_jax.bench import torch_step  # pylint: disable=import-outside-toplevel
   config = tiny_config(**{'attack.random_start': False, 'data.padding': 0, 'data.flip': False,
                           'data.synthetic.image_size': 8, 'model.width': 4})
-  forward = Forward.from_config(config.model, 10)
-  state = steps.create_train_state(config, forward, optim.make_optimizer(config, 4), (8, 8, 3))
+  setup = experiment.create(config)
+  forward, state = setup.forward, setup.init_state()
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), 'label': rng.integers(0, 10, 16)}
   variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})

@@ -11,11 +11,12 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
-from absl.testing import flagsaver
 
 torch = pytest.importorskip('torch')
 from rpat_jax import convert  # noqa: E402
+from rpat_jax.convert import __main__ as convert_main  # noqa: E402
 from rpat_jax import models  # noqa: E402
+from rpat_jax.models import resnet  # noqa: E402
 from rpat_jax.bench import torch_models  # noqa: E402
 
 
@@ -109,6 +110,38 @@ def test_flax_to_torch_to_flax_is_exact_and_loads_into_torch(case):
   assert _relative_difference(model_name, variables, network.eval(), fields) < _TOLERANCE
 
 
+@pytest.fixture
+def resnet34():
+  """A ResNet-34 (BasicBlocks [3, 4, 6, 3]) registered as a model with the kuangliu layout, for this test."""
+  models.MODELS['resnet34'] = models.ModelSpec(functools.partial(resnet.ResNet, block=resnet.BasicBlock,
+                                                                 blocks=(3, 4, 6, 3)))
+  convert.TORCH_NAMES['resnet34'] = convert.TORCH_NAMES['resnet18']
+  yield 'resnet34'
+  del models.MODELS['resnet34'], convert.TORCH_NAMES['resnet34']
+
+
+def test_blocks_map_to_stages_by_the_model_s_stage_sizes(resnet34):
+  """Not two blocks per stage: ResNet-34's keys (layer1.2, layer2.3, layer3.5, ...) come from its stages."""
+  network = torch_models.randomize(torch_models.ResNet(blocks=(3, 4, 6, 3)), seed=3)
+  state_dict = _numpy_state(network)
+  variables = convert.torch_to_flax(state_dict, resnet34)
+  assert _relative_difference(resnet34, variables, network, {}) < _TOLERANCE
+  back = convert.flax_to_torch(variables, resnet34)
+  assert set(back) == set(state_dict) and 'layer3.5.conv2.weight' in back
+  for key, value in state_dict.items():
+    if not key.endswith('num_batches_tracked'):
+      assert np.array_equal(back[key], value), key
+
+
+def test_a_model_whose_blocks_cannot_be_placed_in_stages_is_refused(resnet34):
+  class NoStages(resnet.ResNet):  # The same network without a stage_sizes property.
+    stage_sizes = ()
+  models.MODELS['resnet34'] = models.ModelSpec(functools.partial(NoStages, block=resnet.BasicBlock,
+                                                                 blocks=(3, 4, 6, 3)))
+  with pytest.raises(ValueError, match=r'16 residual blocks but its stage_sizes \(\) place 0'):
+    convert.flax_to_torch({'params': {}, 'batch_stats': {}}, resnet34)
+
+
 def test_wrn_34_10_keys_and_shapes_convert_in_both_layouts():
   for head in ('fc', 'linear'):
     with torch.device('meta'):  # Shapes only: no 46M-weight initialisation.
@@ -181,27 +214,21 @@ def test_flax_side_errors_and_unsupported_models():
     convert.torch_to_flax(state_dict, 'preact_resnet18')
 
 
-@pytest.fixture
-def parsed_flags():
-  """Flag values set by the test, as if parsed from a command line; restored afterwards."""
-  was_parsed = flags.FLAGS.is_parsed()
-  flags.FLAGS.mark_as_parsed()
-  with flagsaver.flagsaver():
-    yield
-  if not was_parsed:
-    flags.FLAGS.unparse_flags()
+def _cli(**values):
+  """Runs the converter's main as `python -m rpat_jax.convert --name=value ...`, on flags of its own."""
+  flag_values = flags.FlagValues()
+  cli = convert_main.define_flags(flag_values)
+  flag_values(['convert'] + [f'--{name}={value}' for name, value in values.items()])
+  convert_main.main(['convert'], cli)
 
 
-def test_cli_round_trip_through_orbax_and_a_pt_file(tmp_path, parsed_flags):
+def test_cli_round_trip_through_orbax_and_a_pt_file(tmp_path):
   network = torch_models.randomize(torch_models.WideResNet(10, 1, head='linear'), seed=6)
   torch.save(network.state_dict(), tmp_path / 'in.pt')
-  with flagsaver.flagsaver(model='wide_resnet', from_torch=str(tmp_path / 'in.pt'), to=str(tmp_path / 'ckpt')):
-    convert.main(['convert'])
+  _cli(model='wide_resnet', from_torch=tmp_path / 'in.pt', to=tmp_path / 'ckpt')
   variables = convert.load_variables(str(tmp_path / 'ckpt'))
   assert variables['params']['Head_0']['head']['kernel'].shape == (64, 10)  # Evaluation code reads this.
-  with flagsaver.flagsaver(model='wide_resnet', layout='rpat_benchmarks', from_flax=str(tmp_path / 'ckpt'),
-                           to_torch=str(tmp_path / 'out.pt')):
-    convert.main(['convert'])
+  _cli(model='wide_resnet', layout='rpat_benchmarks', from_flax=tmp_path / 'ckpt', to_torch=tmp_path / 'out.pt')
   written = torch.load(tmp_path / 'out.pt', weights_only=True)
   assert set(written) == set(network.state_dict())
   for key, value in network.state_dict().items():
@@ -214,10 +241,10 @@ def test_cli_round_trip_through_orbax_and_a_pt_file(tmp_path, parsed_flags):
     ({'from_torch': 'absent.pt'}, '--from_torch needs --to=DIR'),
     ({}, 'give exactly one of --from_torch'),
 ])
-def test_cli_errors_are_one_line_and_exit_2(tmp_path, parsed_flags, capsys, values, message):
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, values, message):
   values = {name: str(tmp_path / file_name) for name, file_name in values.items()}
-  with flagsaver.flagsaver(model='resnet18', **values), pytest.raises(SystemExit) as exit_info:
-    convert.main(['convert'])
+  with pytest.raises(SystemExit) as exit_info:
+    _cli(model='resnet18', **values)
   assert exit_info.value.code == 2
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('rpat_jax.convert: error: ') and message in lines[0]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, tiny_config
-from rpat_jax import evaluate, restore, train
+from rpat_jax import evaluate, train
 
 SMALL_AA = {'apgd-ce': {'n_iter': 5}, 'apgd-t': {'n_iter': 5, 'n_target_classes': 3},
             'fab-t': {'n_iter': 5, 'n_target_classes': 3}, 'square': {'n_queries': 20}}
@@ -64,8 +64,7 @@ def test_the_weight_average_is_trained_checkpointed_and_evaluated_when_asked(tmp
                          aa_options=options, batch_size=32, ema=True)
   assert os.path.exists(os.path.join(workdir, 'eval', 'results_ema.json')) and results['ema']
   dataset = data.load_dataset(config.data)
-  forward, *_ = restore.restore_variables(config, workdir, 'best', dataset.num_classes,
-                                           dataset.test_images.shape[1:])
+  forward, *_ = evaluate.restore_variables(config, workdir, checkpoint='best')
   x = jnp.asarray(dataset.test_images[:32], jnp.float32) / 255.0
   logits = forward.eval_logits(state.ema['params'], state.ema['batch_stats'], x)
   expected = float(np.mean(np.asarray(logits).argmax(1) == dataset.test_labels[:32]))

@@ -14,29 +14,18 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
-from rpat_jax import autoattack, data, optim, parallel, steps, train  # noqa: E402
-from rpat_jax.forward import Forward  # noqa: E402
+from rpat_jax import autoattack, data, experiment, parallel, train  # noqa: E402
 
 
 def _setup():
-  config = tiny_config(**{'batch_size': 64, 'eval.batch_size': 32})
-  info = data.describe(config.data)
-  mesh = parallel.make_mesh()
-  forward = Forward.from_config(config.model, info.num_classes)
-  steps_per_epoch = info.num_train // config.batch_size
-  tx = optim.make_optimizer(config, steps_per_epoch)
-  state = jax.jit(lambda: steps.create_train_state(config, forward, tx, info.image_shape),
-                  out_shardings=parallel.replicated(mesh))()
-  return config, info, mesh, forward, steps_per_epoch, state
+  setup = experiment.create(tiny_config(**{'batch_size': 64, 'eval.batch_size': 32, 'eval.num_examples': 0}))
+  return setup, setup.init_state()
 
 
 def train_steps(out: str):
-  config, info, mesh, forward, steps_per_epoch, state = _setup()
-  images, labels = parallel.rows_to_global(
-      parallel.padded_rows(info.num_train, jax.device_count()), parallel.batch_sharded(mesh),
-      lambda rows: train._images_and_labels(config.data, 'train', rows))
-  step = jax.jit(train.make_epoch_step(config, forward, info.num_train, steps_per_epoch, mesh),
-                 out_shardings=(parallel.replicated(mesh),) * 2)
+  setup, state = _setup()
+  images, labels = setup.train_data()
+  step = jax.jit(train.make_epoch_step(setup), out_shardings=(parallel.replicated(setup.mesh),) * 2)
   losses = []
   for _ in range(3):
     state, metrics = step(state, images, labels)
@@ -47,14 +36,11 @@ def train_steps(out: str):
 
 
 def evaluation(out: str):
-  config, info, mesh, forward, _, state = _setup()
-  eval_data = parallel.rows_to_global(
-      train.eval_rows(info.num_test, 0, config.eval.batch_size), parallel.batch_sharded(mesh, axis=1),
-      lambda rows: (*train._images_and_labels(config.data, 'test', rows), np.ones(len(rows), bool)))
-  evaluate = steps.make_evaluate(config, forward)
-  sums = jax.device_get(jax.jit(lambda s, *d: evaluate(s, *d, train.run_keys(s)[2]),
-                                out_shardings=parallel.replicated(mesh))(state, *eval_data))
-  images, labels = data.load_rows(config.data, 'test', np.arange(info.num_test))
+  setup, state = _setup()
+  config, forward = setup.config, setup.forward
+  eval_data = setup.test_data()
+  sums = jax.device_get(train.compile_evaluate(setup, state, eval_data)(state, *eval_data))
+  images, labels = data.load_rows(config.data, 'test', np.arange(setup.info.num_test))
   x = images.astype(np.float32) / 255
   stats = state.batch_stats  # Running statistics of these images, so that predictions vary by point.
   for _ in range(30):
@@ -72,8 +58,8 @@ def mismatch(_):
   """Joins with local.sh's flags, then compares a config that differs by process: must fail in one line."""
   from rpat_jax import distributed
   flags = dict(arg[2:].split('=', 1) for arg in sys.argv[3:])
-  distributed.initialize('auto', flags['coordinator_address'], int(flags['num_processes']),
-                         int(flags['process_id']), int(flags['init_timeout']))
+  distributed.initialize('auto', coordinator=flags['coordinator_address'], num_processes=int(flags['num_processes']),
+                         process_id=int(flags['process_id']), timeout=int(flags['init_timeout']))
   try:
     distributed.check_same_everywhere('--config', {'seed': jax.process_index()})
   except distributed.DistributedError as error:

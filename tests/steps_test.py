@@ -7,24 +7,25 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from rpat_jax import data, objectives, optim, steps
-from rpat_jax.forward import Forward
+from rpat_jax import data, experiment, methods, steps
 
 
 def _setup(**overrides):
-  config = tiny_config(**overrides)
+  """(config, forward, initial state, one batch of 64 raw images) of the tiny config with `overrides`."""
+  setup = experiment.create(tiny_config(**overrides))
   dataset = data.make_synthetic(64, 8, 16, 10, 0)
-  forward = Forward.from_config(config.model, dataset.num_classes)
-  tx = optim.make_optimizer(config, steps_per_epoch=4)
-  state = steps.create_train_state(config, forward, tx, dataset.train_images.shape[1:])
   batch = {'image': jnp.asarray(dataset.train_images), 'label': jnp.asarray(dataset.train_labels)}
-  return config, forward, state, batch
+  return setup.config, setup.forward, setup.init_state(), batch
 
 
-def _run(overrides, state=None):
+def _run(overrides, state=None, **step_options):
   config, forward, fresh, batch = _setup(**overrides)
-  step = jax.jit(steps.make_train_step(config, forward, steps_per_epoch=4))
+  step = jax.jit(steps.make_train_step(config, forward, steps_per_epoch=4, **step_options))
   return step(state if state is not None else fresh, batch, jax.random.key(0))
+
+
+def _inputs(config, x, x_adv):
+  return methods.make_inputs(config, x, x_adv, methods.INPUTS)
 
 
 def test_metrics_and_loss_composition():
@@ -38,18 +39,30 @@ def test_metrics_and_loss_composition():
   np.testing.assert_allclose(plain['loss'], plain['ce_loss'])
 
 
-def test_rpat_start_epoch_gates_the_term():
-  _, metrics = _run({'rpat.start_epoch': 1})  # Step 0 is in epoch 0: the term is computed, not added.
-  assert float(metrics['rpat_loss']) > 0
+def test_before_a_delayed_rpat_starts_the_step_runs_none_of_its_forwards():
+  """As the official code (its `epoch >= RA_start` picks the loss): before rpat.start_epoch, PGD-AT is one
+  train-mode forward z(x'), so the BN running statistics are those of that forward alone."""
+  overrides = {'rpat.start_epoch': 1}
+  config, forward, state, batch = _setup(**overrides)
+  assert [steps.rpat_active(config, epoch) for epoch in (0, 1, 2)] == [False, True, True]
+  before, metrics = _run(overrides, with_rpat=False)
+  assert 'rpat_loss' not in metrics and 'clean_acc' not in metrics
   np.testing.assert_allclose(metrics['loss'], metrics['ce_loss'])
+  _, _, x_adv = steps.adversarial_batch(config, forward, state, batch, jax.random.key(0))
+  _, expected = forward.train_logits(state.params, state.batch_stats, x_adv)
+  chex.assert_trees_all_close(before.batch_stats, expected, rtol=1e-5, atol=1e-6)
+  after, metrics = _run(overrides, with_rpat=True)  # From the start epoch: three forwards, the term added.
+  np.testing.assert_allclose(metrics['loss'], metrics['ce_loss'] + metrics['rpat_loss'], rtol=1e-6)
+  assert not np.allclose(after.batch_stats['bn0']['mean'], before.batch_stats['bn0']['mean'])
 
 
 def test_forwards_run_in_the_official_order_with_their_own_batch_statistics():
   config, forward, state, batch = _setup()
   x = data.to_float(batch['image'])
   x_adv = jnp.clip(x + 0.03, 0, 1)
-  z_adv, z_interp, z_clean, stats = steps._rpat_pass(forward, config.rpat, state.params, state.batch_stats,
-                                                     x, x_adv)
+  logits, stats = steps.train_passes(forward, config.rpat, state.params, state.batch_stats,
+                                     methods.get('pgd_at').rpat_passes, _inputs(config, x, x_adv))
+  z_adv, z_interp, z_clean = logits['adv'], logits['interp'], logits['clean']
   expected_stats = state.batch_stats
   outputs = []
   for inputs in (x_adv, 0.5 * x + 0.5 * x_adv, x):  # z(x') -> z(x~) -> z(x)
@@ -67,7 +80,9 @@ def test_fused_forward_shares_one_set_of_batch_statistics():
   config, forward, state, batch = _setup(**{'rpat.fused_forward': True})
   x = data.to_float(batch['image'])
   x_adv = jnp.clip(x + 0.03, 0, 1)
-  z_adv, z_interp, z_clean, _ = steps._rpat_pass(forward, config.rpat, state.params, state.batch_stats, x, x_adv)
+  logits, _ = steps.train_passes(forward, config.rpat, state.params, state.batch_stats,
+                                 methods.get('pgd_at').rpat_passes, _inputs(config, x, x_adv))
+  z_adv, z_interp, z_clean = logits['adv'], logits['interp'], logits['clean']
   stacked = jnp.concatenate([x_adv, 0.5 * x + 0.5 * x_adv, x])
   logits, _ = forward.train_logits(state.params, state.batch_stats, stacked)
   np.testing.assert_allclose(jnp.concatenate([z_adv, z_interp[0], z_clean]), logits, rtol=1e-5, atol=1e-5)
@@ -121,10 +136,16 @@ def test_paper_form_is_the_code_form_times_sixteen_at_half():
   np.testing.assert_allclose(paper['rpat_loss'], 16 * code['rpat_loss'], rtol=1e-4)
 
 
-def test_attack_bn_modes_both_leave_running_stats_to_the_loss_passes():
-  for mode in ('eval', 'train'):
-    new_state, metrics = _run({'attack.bn_mode': mode, 'rpat.enabled': False})
-    assert np.isfinite(float(metrics['loss'])) and int(new_state.step) == 1
+@pytest.mark.parametrize('mode', ['eval', 'train'])
+def test_attack_bn_modes_both_leave_running_stats_to_the_loss_passes(mode):
+  """Whatever statistics the attack uses, only the loss's forward (PGD-AT: z(x')) moves the running ones."""
+  overrides = {'attack.bn_mode': mode, 'rpat.enabled': False}
+  config, forward, state, batch = _setup(**overrides)
+  new_state, metrics = _run(overrides)
+  assert np.isfinite(float(metrics['loss'])) and int(new_state.step) == 1
+  _, _, x_adv = steps.adversarial_batch(config, forward, state, batch, jax.random.key(0))
+  _, expected = forward.train_logits(state.params, state.batch_stats, x_adv)
+  chex.assert_trees_all_close(new_state.batch_stats, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_step_compiles_once_and_is_reproducible():
@@ -218,14 +239,16 @@ def test_official_teacher_bn_uses_batch_statistics_in_the_first_average_epoch_on
     expected_train.append(logits)
   expected_eval = [forward.eval_logits(params, stats, image) for image in inputs]
 
-  logits, after = steps._teacher_logits(config, forward, state.ema, jnp.asarray(1), x, x_adv)
+  teacher = methods.get(method).teacher
+  logits, after = steps.teacher_logits(config, forward, teacher, state.ema, jnp.asarray(1), _inputs(config, x, x_adv))
   chex.assert_trees_all_close((logits, after), (expected_train, moved), rtol=1e-4, atol=1e-5)
   assert not np.allclose(jax.tree.leaves(after)[0], jax.tree.leaves(stats)[0])
   for epoch in (2, 7):  # After its first epoch the teacher is in eval mode, as in [S].
-    logits, after = steps._teacher_logits(config, forward, state.ema, jnp.asarray(epoch), x, x_adv)
+    logits, after = steps.teacher_logits(config, forward, teacher, state.ema, jnp.asarray(epoch),
+                                         _inputs(config, x, x_adv))
     chex.assert_trees_all_close((logits, after), (expected_eval, stats), rtol=1e-4, atol=1e-5)
   config.rebat.teacher_bn = 'eval'  # Ours: running statistics in every epoch.
-  logits, after = steps._teacher_logits(config, forward, state.ema, jnp.asarray(1), x, x_adv)
+  logits, after = steps.teacher_logits(config, forward, teacher, state.ema, jnp.asarray(1), _inputs(config, x, x_adv))
   chex.assert_trees_all_close((logits, after), (expected_eval, stats), rtol=1e-4, atol=1e-5)
 
   # A step of epoch 1 averages the nudged statistics: the average's BN statistics leave the eval-mode run's.
@@ -252,3 +275,19 @@ def test_config_strings_give_the_sotas_recipe():
   config.ema.enabled = False
   with pytest.raises(config_validation.ConfigError, match='ema.enabled'):
     config_validation.validate(config, device_count=1)
+
+
+@pytest.mark.parametrize('method', ['rebat', 'rpat_plus_plus'])
+def test_a_non_finite_teacher_term_is_left_out_with_its_gradient(method):
+  """[S] adds the teacher term only when its value is below 1e10. An infinite teacher logit must leave the
+  cross-entropy step (the term's NaN gradient must not reach the weights)."""
+  overrides = {'method': method, 'rpat.enabled': False, 'ema.enabled': True, 'ema.start_epoch': 0}
+  _, _, state, _ = _setup(**overrides)
+  ema_params = jax.tree.map(lambda p: p, state.ema['params'])
+  ema_params['Head_0']['head']['bias'] = jnp.full_like(ema_params['Head_0']['head']['bias'], jnp.inf)
+  broken = state.replace(ema={**state.ema, 'params': ema_params})
+  guarded, metrics = _run(overrides, state=broken)
+  assert float(metrics['teacher_loss']) == 0.0 and np.isfinite(float(metrics['loss']))
+  ce_only, ce_metrics = _run({**overrides, 'rebat.beta': 0.0})  # A finite teacher with no weight.
+  np.testing.assert_allclose(metrics['loss'], ce_metrics['loss'], rtol=1e-6)
+  chex.assert_trees_all_close(guarded.params, ce_only.params, atol=1e-6, rtol=0)

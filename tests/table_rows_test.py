@@ -16,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import default, prn18, resnet18, smoke, wrn
+from configs import prn18, resnet18, smoke, wrn
 from rpat_jax import config_validation, threats, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,6 @@ results so a reader sees them next to the numbers.
 
 from typing import Dict, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

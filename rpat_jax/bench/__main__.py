@@ -15,113 +15,131 @@ on --n_examples points (eval_bench.py); with `--torch`, against a PyTorch PGD-20
 not depend on: `pip install -r requirements-test.txt` has both.
 """
 
+import functools
 import json
 import sys
+import types
 
 import jax
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from rpat_jax import autoattack
 from rpat_jax import config_validation
 from rpat_jax import metrics_log
 from rpat_jax import threats
 from rpat_jax.bench import train_bench
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. configs/prn18.py.',
-                                          lock_config=False)
-_WHAT = flags.DEFINE_enum('what', 'train', ['train', 'eval'], 'Time the train step or the evaluation.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 512, 'Global batch of our step and of the tuned PyTorch step.')
-_STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps (after compilation and --warmup steps).')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation (PyTorch: its compilation too).')
-_DTYPE = flags.DEFINE_enum('dtype', None, ['bfloat16', 'float32'],
-                           'Our compute dtype (params stay float32). Default: bfloat16 for train, float32 for '
-                           'eval (as rpat_jax.evaluate).')
-_NUM_TRAIN = flags.DEFINE_integer('num_train', 0, 'Rows of the random on-device dataset (0 = the dataset size).')
-_TORCH = flags.DEFINE_bool('torch', False, 'Also time the PyTorch side (needs torch; eval: pyautoattack).')
-_TORCH_MODES = flags.DEFINE_list('torch_modes', 'reference,tuned', 'PyTorch modes to time: reference, tuned.')
-_REFERENCE_BATCH = flags.DEFINE_integer('reference_batch_size', 128, 'Batch of the reference PyTorch step.')
-_FLOPS = flags.DEFINE_bool('flops', True, 'Count FLOPs (compiles the step a second time, unrolled).')
-_N_EXAMPLES = flags.DEFINE_integer('n_examples', 1000, 'eval: points attacked.')
-_EVAL_BATCH = flags.DEFINE_integer('eval_batch_size', 500, 'eval: points per attack call (both sides).')
-_AA_VERSION = flags.DEFINE_string('aa_version', 'standard', 'eval: AutoAttack version (standard, plus).')
-_ATTACKS = flags.DEFINE_list('attacks', None, 'eval, with --aa_version=custom: any of apgd-ce, apgd-dlr, apgd-t, '
-                             'fab, fab-t, square.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'eval: a training run whose checkpoint to attack (default: '
-                               'the initial weights, labels = their own predictions).')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "eval: 'best', 'last' or an epoch, with --workdir.")
-_PROFILE_DIR = flags.DEFINE_string('profile_dir', '', 'train: trace 3 more steps with jax.profiler into this '
-                                   'directory (XLA dumps: XLA_FLAGS=--xla_dump_to=DIR).')
-_OUT = flags.DEFINE_string('out', None, 'Also write the JSON to this file.')
-flags.mark_flags_as_required(['config'])
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  """Defines the benchmark's flags on `flag_values`; returns their holders."""
+  values = dict(flag_values=flag_values)
+  cli = types.SimpleNamespace(
+      config=config_flags.DEFINE_config_file('config', None, 'A config file, e.g. configs/prn18.py.',
+                                             lock_config=False, **values),
+      what=flags.DEFINE_enum('what', 'train', ['train', 'eval'], 'Time the train step or the evaluation.', **values),
+      batch_size=flags.DEFINE_integer('batch_size', 512, 'Global batch of our step and of the tuned PyTorch step.',
+                                      **values),
+      steps=flags.DEFINE_integer('steps', 50, 'Timed steps (after compilation and --warmup steps).', **values),
+      warmup=flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation (PyTorch: its compilation too).',
+                                  **values),
+      dtype=flags.DEFINE_enum('dtype', None, ['bfloat16', 'float32'],
+                              'Our compute dtype (params stay float32). Default: bfloat16 for train, float32 for '
+                              'eval (as rpat_jax.evaluate).', **values),
+      num_train=flags.DEFINE_integer('num_train', 0, 'Rows of the random on-device dataset (0 = the dataset size).',
+                                     **values),
+      torch=flags.DEFINE_bool('torch', False, 'Also time the PyTorch side (needs torch; eval: pyautoattack).',
+                              **values),
+      torch_modes=flags.DEFINE_list('torch_modes', 'reference,tuned', 'PyTorch modes to time: reference, tuned.',
+                                    **values),
+      reference_batch_size=flags.DEFINE_integer('reference_batch_size', 128, 'Batch of the reference PyTorch step.',
+                                                **values),
+      flops=flags.DEFINE_bool('flops', True, 'Count FLOPs (compiles the step a second time, unrolled).', **values),
+      n_examples=flags.DEFINE_integer('n_examples', 1000, 'eval: points attacked.', **values),
+      eval_batch_size=flags.DEFINE_integer('eval_batch_size', 500, 'eval: points per attack call (both sides).',
+                                           **values),
+      aa_version=flags.DEFINE_string('aa_version', 'standard', 'eval: AutoAttack version (standard, plus).',
+                                     **values),
+      attacks=flags.DEFINE_list('attacks', None, 'eval, with --aa_version=custom: any of '
+                                f'{", ".join(autoattack.ATTACKS)}.', **values),
+      workdir=flags.DEFINE_string('workdir', None, 'eval: a training run whose checkpoint to attack (default: '
+                                  'the initial weights, labels = their own predictions).', **values),
+      checkpoint=flags.DEFINE_string('checkpoint', 'best', "eval: 'best', 'last' or an epoch, with --workdir.",
+                                     **values),
+      profile_dir=flags.DEFINE_string('profile_dir', '', 'train: trace 3 more steps with jax.profiler into this '
+                                      'directory (XLA dumps: XLA_FLAGS=--xla_dump_to=DIR).', **values),
+      out=flags.DEFINE_string('out', None, 'Also write the JSON to this file.', **values))
+  flags.mark_flags_as_required(['config'], flag_values=flag_values)
+  return cli
 
 
-def _check_flags():
-  for name, value in (('steps', _STEPS.value), ('batch_size', _BATCH_SIZE.value),
-                      ('reference_batch_size', _REFERENCE_BATCH.value), ('n_examples', _N_EXAMPLES.value),
-                      ('eval_batch_size', _EVAL_BATCH.value)):
+def _check_flags(cli):
+  for name, value in (('steps', cli.steps.value), ('batch_size', cli.batch_size.value),
+                      ('reference_batch_size', cli.reference_batch_size.value), ('n_examples', cli.n_examples.value),
+                      ('eval_batch_size', cli.eval_batch_size.value)):
     if value < 1:
       raise config_validation.ConfigError(f'--{name}={value}; allowed: an integer >= 1')
-  if _WARMUP.value < 0:
-    raise config_validation.ConfigError(f'--warmup={_WARMUP.value}; allowed: an integer >= 0')
-  unknown = set(_TORCH_MODES.value) - {'reference', 'tuned'}
+  if cli.warmup.value < 0:
+    raise config_validation.ConfigError(f'--warmup={cli.warmup.value}; allowed: an integer >= 0')
+  unknown = set(cli.torch_modes.value) - {'reference', 'tuned'}
   if unknown:
     raise config_validation.ConfigError(f'--torch_modes has {", ".join(sorted(unknown))}; allowed: reference, tuned')
 
 
-def _torch_step(config):
+def _torch_step(config, cli):
   """The PyTorch side's module, once the config is one its twin implements (before any of our work)."""
   try:
     from rpat_jax.bench import torch_step  # pylint: disable=import-outside-toplevel
   except ImportError as error:
     raise config_validation.ConfigError(f'--torch needs PyTorch ({error}); pip install -r requirements-test.txt')
-  torch_step.check_supported(config, keys=None if _WHAT.value == 'train' else ('model.normalize',))
+  torch_step.check_supported(config, keys=None if cli.what.value == 'train' else ('model.normalize',))
   return torch_step
 
 
-def _torch_rows(row, context, torch_step):
+def _torch_rows(row, context, torch_step, cli):
   """Times the PyTorch twin in each mode; each row gets our speed-up over it."""
   config = context['config']
   rows = {}
-  for mode in _TORCH_MODES.value:
-    batch = _REFERENCE_BATCH.value if mode == 'reference' else _BATCH_SIZE.value
+  for mode in cli.torch_modes.value:
+    batch = cli.reference_batch_size.value if mode == 'reference' else cli.batch_size.value
     result = torch_step.time_mode(config, context['variables'], context['num_classes'], context['image_shape'],
-                                  mode, batch, _STEPS.value, max(_WARMUP.value, 1), config.seed)
+                                  mode, batch, cli.steps.value, max(cli.warmup.value, 1), config.seed)
     result['jax_speedup'] = row['images_per_second'] / result['images_per_second']
     rows[mode] = result
   import torch  # pylint: disable=import-outside-toplevel
   return {'versions': {'torch': torch.__version__, 'cuda': torch.version.cuda}, **rows}
 
 
-def main(argv):
+def main(argv, cli) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   metrics_log.quiet_library_logs()
   try:
-    _check_flags()
-    config = threats.resolve(_CONFIG.value)
-    torch_step = _torch_step(config) if _TORCH.value else None
-    if _WHAT.value == 'train':
-      row, context = train_bench.run(config, batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value or 'bfloat16',
-                                     steps_to_time=_STEPS.value, warmup=_WARMUP.value, num_train=_NUM_TRAIN.value,
-                                     count_flops=_FLOPS.value, profile_dir=_PROFILE_DIR.value)
-      row['torch'] = _torch_rows(row, context, torch_step) if torch_step else None
+    _check_flags(cli)
+    config = threats.resolve(cli.config.value)
+    torch_step = _torch_step(config, cli) if cli.torch.value else None
+    if cli.what.value == 'train':
+      row, context = train_bench.run(config, batch_size=cli.batch_size.value, dtype=cli.dtype.value or 'bfloat16',
+                                     steps_to_time=cli.steps.value, warmup=cli.warmup.value,
+                                     num_train=cli.num_train.value, count_flops=cli.flops.value,
+                                     profile_dir=cli.profile_dir.value)
+      row['torch'] = _torch_rows(row, context, torch_step, cli) if torch_step else None
     else:
       from rpat_jax.bench import eval_bench  # pylint: disable=import-outside-toplevel
-      row = eval_bench.run(config, n_examples=_N_EXAMPLES.value, batch_size=_EVAL_BATCH.value,
-                           dtype=_DTYPE.value or 'float32', aa_version=_AA_VERSION.value, workdir=_WORKDIR.value,
-                           checkpoint=_CHECKPOINT.value, with_torch=_TORCH.value,
-                           attack_names=_ATTACKS.value)
+      row = eval_bench.run(config, n_examples=cli.n_examples.value, batch_size=cli.eval_batch_size.value,
+                           dtype=cli.dtype.value or 'float32', aa_version=cli.aa_version.value,
+                           workdir=cli.workdir.value, checkpoint=cli.checkpoint.value, with_torch=cli.torch.value,
+                           attack_names=cli.attacks.value)
   except (config_validation.ConfigError, ValueError) as error:
     print(f'rpat_jax.bench: {error}', file=sys.stderr)
     sys.exit(2)
   row['command'] = ' '.join(['python -m rpat_jax.bench'] + sys.argv[1:])
   text = json.dumps(row, indent=1, default=float)
-  if _OUT.value and jax.process_index() == 0:
-    with open(_OUT.value, 'w') as f:
+  if cli.out.value and jax.process_index() == 0:
+    with open(cli.out.value, 'w') as f:
       f.write(text + '\n')
   print(text)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(functools.partial(main, cli=define_flags()))

@@ -22,13 +22,10 @@ import numpy as np
 from rpat_jax import attacks
 from rpat_jax import autoattack
 from rpat_jax import data
-from rpat_jax import optim
-from rpat_jax import pgd_eval
-from rpat_jax import restore
-from rpat_jax import steps
+from rpat_jax import evaluate
+from rpat_jax import experiment as experiment_lib
 from rpat_jax.bench import report
 from rpat_jax.bench import train_bench
-from rpat_jax.forward import Forward
 
 
 def _points(config, n_examples: int, side: int, classes: int):
@@ -48,14 +45,18 @@ def _points(config, n_examples: int, side: int, classes: int):
 
 
 def _variables(config, workdir: Optional[str], checkpoint: str, classes: int, image_shape):
+  """(forward, {'params', 'batch_stats'}, description) of a checkpoint, or of the config's initial weights."""
+  count = train_bench.dataset_shape(config.data)[0]
+  info = data.DatasetInfo(num_train=count, num_test=count, image_shape=tuple(image_shape), num_classes=classes,
+                          name=config.data.name)  # The shapes the state needs; no data is read.
   if workdir:
-    forward, params, batch_stats, epoch = restore.restore_variables(config, workdir, checkpoint, classes,
-                                                                     image_shape)
+    forward, params, batch_stats, epoch = evaluate.restore_variables(config, workdir, checkpoint=checkpoint,
+                                                                      info=info)
     return forward, {'params': params, 'batch_stats': batch_stats}, f'{workdir} epoch {epoch}'
-  forward = Forward.from_config(config.model, classes)
-  tx = optim.make_optimizer(config, steps_per_epoch=1)
-  state = jax.jit(lambda: steps.create_train_state(config, forward, tx, image_shape))()
-  return forward, {'params': state.params, 'batch_stats': state.batch_stats}, f'initial weights (seed {config.seed})'
+  experiment = experiment_lib.create(config, info=info, validate=False)
+  state = experiment.init_state()
+  return (experiment.forward, {'params': state.params, 'batch_stats': state.batch_stats},
+          f'initial weights (seed {config.seed})')
 
 
 def _timed(fn):
@@ -138,7 +139,7 @@ def run(config, *, n_examples: int, batch_size: int, dtype: str, aa_version: str
   attack = config.attack
 
   _compilation_cache()
-  robust = pgd_eval.make_robustness(logits_fn, attack, config.seed)
+  robust = evaluate.make_robustness(logits_fn, attack, seed=config.seed)
   pgd_first = _timed(lambda: robust(x, labels, batch_size))[1]
   pgd_robust, pgd_seconds = _timed(lambda: robust(x, labels, batch_size))
   aa = lambda: autoattack.evaluate(logits_fn, x, labels, norm=attack.norm, eps=attack.eps, version=aa_version,

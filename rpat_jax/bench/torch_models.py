@@ -104,23 +104,30 @@ class _ResNetBlock(nn.Module):
     return F.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
-  def __init__(self, num_classes=10, bottleneck=False):
+class ResNet(nn.Module):
+  """kuangliu's ResNet: `blocks` per stage ((2, 2, 2, 2): ResNet-18; (3, 4, 6, 3): ResNet-34)."""
+
+  def __init__(self, num_classes=10, bottleneck=False, blocks=(2, 2, 2, 2)):
     super().__init__()
     self.conv1 = _conv(3, 64, 3)
     self.bn1 = nn.BatchNorm2d(64)
     expansion, inputs = (4 if bottleneck else 1), 64
-    for stage, width in enumerate((64, 128, 256, 512)):
-      first = _ResNetBlock(inputs, width, 2 if stage else 1, bottleneck)
-      second = _ResNetBlock(width * expansion, width, 1, bottleneck)
-      setattr(self, f'layer{stage + 1}', nn.Sequential(first, second))
-      inputs = width * expansion
+    for stage, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+      stage_blocks = []
+      for i in range(count):
+        stage_blocks.append(_ResNetBlock(inputs, width, 2 if stage and not i else 1, bottleneck))
+        inputs = width * expansion
+      setattr(self, f'layer{stage + 1}', nn.Sequential(*stage_blocks))
     self.linear = nn.Linear(512 * expansion, num_classes)
 
   def forward(self, x):
     out = F.relu(self.bn1(self.conv1(x)))
     out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
     return self.linear(F.avg_pool2d(out, 4).flatten(1))
+
+
+def ResNet18(num_classes=10, bottleneck=False) -> 'ResNet':  # pylint: disable=invalid-name
+  return ResNet(num_classes, bottleneck)
 
 
 class _WideBlock(nn.Module):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rpat_jax import convert
+from rpat_jax import models
 from rpat_jax.bench import report
 from rpat_jax.bench import torch_models
 
@@ -108,20 +109,12 @@ def check_supported(config, keys=None) -> None:
 
 def build_model(model_config, num_classes: int, variables, device: torch.device) -> torch.nn.Module:
   """The twin of our model with our variables {'params', 'batch_stats'} loaded (the same initial weights)."""
-  fields = {key: model_config[key] for key in ('width', 'depth', 'widen_factor', 'stem_stride')}
+  fields = models.config_fields(model_config)
   model = torch_models.build(model_config.name, num_classes, **fields)
   # Our WRN converts to [S]'s `fc` head by default, the twin's head.
-  state_dict = convert.flax_to_torch(variables, model_config.name, **_convert_fields(model_config))
+  state_dict = convert.flax_to_torch(variables, model_config.name, **fields)
   model.load_state_dict({key: torch.as_tensor(np.asarray(value)) for key, value in state_dict.items()})
   return model.to(device)
-
-
-def _convert_fields(model_config) -> Dict:
-  if model_config.name == 'small_cnn':
-    return {'width': model_config.width}
-  if model_config.name == 'wide_resnet':
-    return {'depth': model_config.depth, 'widen_factor': model_config.widen_factor}
-  return {}
 
 
 def make_step(config, model: torch.nn.Module, mode: str, generator: torch.Generator):

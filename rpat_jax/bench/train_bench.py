@@ -5,6 +5,7 @@ dataset of random uint8 images shaped like the config's dataset, so no dataset h
 work of a step does not depend on the pixel values.
 """
 
+import dataclasses
 import time
 from typing import Dict, Tuple
 
@@ -13,12 +14,10 @@ import ml_collections
 
 from rpat_jax import config_validation
 from rpat_jax import data
-from rpat_jax import optim
+from rpat_jax import experiment as experiment_lib
 from rpat_jax import parallel
-from rpat_jax import steps
 from rpat_jax import train
 from rpat_jax.bench import report
-from rpat_jax.forward import Forward
 
 # (training images, image side, classes) of the datasets the configs name; others are described by TFDS.
 DATASET_SHAPES = {
@@ -69,23 +68,22 @@ def _random_dataset(mesh, count: int, side: int, classes: int, seed: int):
   return images, labels
 
 
-def _lowered_step(config, forward, count: int, mesh, state, images, labels):
-  steps_per_epoch = count // config.batch_size
-  replicated = parallel.replicated(mesh)
-  epoch_step = train.make_epoch_step(config, forward, count, steps_per_epoch, mesh)
+def _lowered_step(experiment, state, images, labels):
+  replicated = parallel.replicated(experiment.mesh)
+  epoch_step = train.make_epoch_step(experiment)
   return jax.jit(epoch_step, donate_argnums=0, out_shardings=(replicated, replicated)).lower(state, images, labels)
 
 
-def step_flops(config, forward, count: int, mesh, state, images, labels) -> Dict:
+def step_flops(experiment, state, images, labels) -> Dict:
   """FLOPs of one step from XLA's cost analysis of the step with the attack loop unrolled.
 
   Returns {'compiled': FLOPs of the optimised program, 'lowered': of the program before optimisation}.
   The compiled count is the one reported; the lowered one is a cross-check (and the fallback when a
   backend's analysis of the compiled program leaves out library calls).
   """
-  unrolled = ml_collections.ConfigDict(config.to_dict())
+  unrolled = ml_collections.ConfigDict(experiment.config.to_dict())
   unrolled.attack.unroll = True
-  lowered = _lowered_step(unrolled, forward, count, mesh, state, images, labels)
+  lowered = _lowered_step(dataclasses.replace(experiment, config=unrolled), state, images, labels)
   return {'lowered': report.cost_flops(lowered.cost_analysis()),
           'compiled': report.cost_flops(lowered.compile().cost_analysis())}
 
@@ -98,16 +96,14 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps
   config, data_note = bench_config(config, batch_size, dtype, num_train)
   synthetic = config.data.synthetic
   count, side, classes = synthetic.num_train, synthetic.image_size, synthetic.num_classes
-  mesh = parallel.make_mesh()
-  forward = Forward.from_config(config.model, classes)
-  tx = optim.make_optimizer(config, count // batch_size)
-  create = lambda: steps.create_train_state(config, forward, tx, (side, side, 3))
-  state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
+  experiment = experiment_lib.create(config)
+  config, mesh = experiment.config, experiment.mesh
+  state = experiment.init_state()
   initial = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   images, labels = _random_dataset(mesh, count, side, classes, config.seed)
 
   started = time.perf_counter()
-  lowered = _lowered_step(config, forward, count, mesh, state, images, labels)
+  lowered = _lowered_step(experiment, state, images, labels)
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - started
   flops = None
@@ -115,7 +111,7 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps
     flops = {'lowered': report.cost_flops(lowered.cost_analysis()),
              'compiled': report.cost_flops(compiled.cost_analysis())}
   elif count_flops:
-    flops = step_flops(config, forward, count, mesh, state, images, labels)
+    flops = step_flops(experiment, state, images, labels)
 
   for _ in range(warmup):
     state, metrics = compiled(state, images, labels)

@@ -12,8 +12,10 @@ images keep their original JPEG bytes; the few grayscale ones decode to three eq
 convert('RGB') that ImageFolder applies.
 """
 
+import functools
 import os
 import sys
+import types
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
@@ -79,19 +81,25 @@ def prepare(source_dir: str, data_dir: str) -> str:
   return builder.data_dir
 
 
-_SOURCE = flags.DEFINE_string('source', None, 'The tiny-imagenet-200 folder (wnids.txt, train/, val/).')
-_DATA_DIR = flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'The TFDS data_dir to write into.')
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  cli = types.SimpleNamespace(
+      source=flags.DEFINE_string('source', None, 'The tiny-imagenet-200 folder (wnids.txt, train/, val/).',
+                                 flag_values=flag_values),
+      data_dir=flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'The TFDS data_dir to write into.',
+                                   flag_values=flag_values))
+  flags.mark_flags_as_required(['source'], flag_values=flag_values)
+  return cli
 
 
-def main(argv):
-  del argv
+def main(argv, cli) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
-    print(prepare(_SOURCE.value, _DATA_DIR.value))
+    print(prepare(cli.source.value, cli.data_dir.value))
   except (FileNotFoundError, KeyError, ValueError) as error:
     print(f'rpat_jax.data.tiny_imagenet: error: {error}', file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['source'])
-  app.run(main)
+  app.run(functools.partial(main, cli=define_flags()))

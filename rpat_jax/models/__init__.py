@@ -1,11 +1,16 @@
 """The model zoo: Flax Linen modules, NHWC inputs in [0, 1], float32 params, float32 logits.
 
-`create_model(name, num_classes, dtype, **fields)`; every model takes `__call__(x, train)`, where
-`train=True` uses batch statistics in BatchNorm (call with `mutable=['batch_stats']`) and `train=False`
-the running ones. The classifier is the Dense layer named `head`.
+`MODELS` is the one registry: each name, its constructor and the keys of `config.model` the constructor
+takes (besides num_classes and dtype). `create_model(name, num_classes, dtype, **fields)` builds one;
+`from_config(model_config, num_classes)` builds the configured one. Every model takes `__call__(x, train)`,
+where `train=True` uses batch statistics in BatchNorm (call with `mutable=['batch_stats']`) and
+`train=False` the running ones. The classifier is the Dense layer named `head`. Models built from
+residual stages have `stage_sizes`, the number of blocks in each stage (the PyTorch converter maps
+blocks to stages with it).
 """
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable, Dict, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -15,18 +20,41 @@ from rpat_jax.models.resnet import PreActResNet18Benchmarks, ResNet18, ResNet18B
 from rpat_jax.models.small_cnn import SmallCNN
 from rpat_jax.models.wide_resnet import WideResNet
 
-_MODELS = {
-    'small_cnn': SmallCNN,  # fields: width
-    'preact_resnet18': PreActResNet18,
-    'preact_resnet18_benchmarks': PreActResNet18Benchmarks,  # [B]'s 64x64 variant; fields: stem_stride (2)
-    'resnet18': ResNet18,  # standard BasicBlock form
-    'resnet18_bottleneck': ResNet18Bottleneck,  # the official code's "ResNet-18"; fields: stem_stride
-    'wide_resnet': WideResNet,  # fields: depth, widen_factor, stem_stride
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  constructor: Callable[..., nn.Module]
+  fields: Tuple[str, ...] = ()  # Keys of config.model passed to the constructor.
+  description: str = ''
+
+
+MODELS: Dict[str, ModelSpec] = {
+    'small_cnn': ModelSpec(SmallCNN, ('width',), 'three conv-BN-ReLU stages, for CPU checks'),
+    'preact_resnet18': ModelSpec(PreActResNet18, (), "PreActResNet-18, the standard CIFAR form ([S])"),
+    'preact_resnet18_benchmarks': ModelSpec(PreActResNet18Benchmarks, (),
+                                            "[B]'s 64x64 pre_resnet18: BN stem of stride 2, no final BN"),
+    'resnet18': ModelSpec(ResNet18, (), 'the standard BasicBlock ResNet-18 (stem stride 1)'),
+    'resnet18_bottleneck': ModelSpec(ResNet18Bottleneck, ('stem_stride',),
+                                     "[B]'s ResNet-18: Bottleneck blocks [2, 2, 2, 2], 2048-d features"),
+    'wide_resnet': ModelSpec(WideResNet, ('depth', 'widen_factor', 'stem_stride'), 'WideResNet-depth-k'),
 }
-MODEL_NAMES = tuple(_MODELS)
+MODEL_NAMES = tuple(MODELS)
 
 
 def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, **fields) -> nn.Module:
-  if name not in _MODELS:
-    raise ValueError(f'model {name!r} is unknown; allowed: {", ".join(MODEL_NAMES)}')
-  return _MODELS[name](num_classes=num_classes, dtype=dtype, **fields)
+  if name not in MODELS:
+    raise ValueError(f'model {name!r} is unknown; allowed: {", ".join(MODELS)}')
+  return MODELS[name].constructor(num_classes=num_classes, dtype=dtype, **fields)
+
+
+def config_fields(model_config) -> Dict[str, Any]:
+  """The constructor fields of the configured model, read from `config.model` (its registered keys)."""
+  return {key: model_config[key] for key in MODELS[model_config.name].fields}
+
+
+def from_config(model_config, num_classes: int) -> nn.Module:
+  """The model `config.model` names, with its fields and compute dtype."""
+  return create_model(model_config.name, num_classes, dtype=DTYPES[model_config.dtype],
+                      **config_fields(model_config))

@@ -6,7 +6,7 @@ pooling, linear. (RPAT_Benchmarks' `pre_resnet18`, a 64x64 variant with a BN ste
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -37,6 +37,10 @@ class PreActResNet(nn.Module):
   num_classes: int
   blocks: Sequence[int] = (2, 2, 2, 2)
   dtype: Any = jnp.float32
+
+  @property
+  def stage_sizes(self) -> Tuple[int, ...]:
+    return tuple(self.blocks)
 
   @nn.compact
   def __call__(self, x, train: bool):

@@ -10,7 +10,7 @@
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -59,6 +59,10 @@ class ResNet(nn.Module):
   blocks: Sequence[int] = (2, 2, 2, 2)
   stem_stride: int = 1
   dtype: Any = jnp.float32
+
+  @property
+  def stage_sizes(self) -> Tuple[int, ...]:
+    return tuple(self.blocks)
 
   @nn.compact
   def __call__(self, x, train: bool):

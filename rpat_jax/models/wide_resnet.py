@@ -6,7 +6,7 @@ kaiming-normal (fan_out) convs and a zero linear bias. Classes come from the dat
 """
 
 import functools
-from typing import Any
+from typing import Any, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -38,6 +38,10 @@ class WideResNet(nn.Module):
   widen_factor: int = 10
   stem_stride: int = 1  # 2 for 64x64 Tiny-ImageNet, as RPAT_Benchmarks' WRN.
   dtype: Any = jnp.float32
+
+  @property
+  def stage_sizes(self) -> Tuple[int, ...]:
+    return ((self.depth - 4) // 6,) * 3
 
   @nn.compact
   def __call__(self, x, train: bool):

@@ -1,5 +1,7 @@
 """Evaluates a checkpoint written by `rpat_jax.main`: clean, PGD-20, CW-20 and AutoAttack accuracy.
 
+`run(config, workdir, ...)` is the library call; the command line (`__main__.py`) wraps it:
+
   python -m rpat_jax.evaluate --config=configs/prn18.py --workdir=runs/prn18_rpat
   python -m rpat_jax.evaluate --config=configs/prn18.py --workdir=runs/prn18_rpat --checkpoint=last \
       --n_examples=1000 --aa_version=custom --attacks=apgd-ce,apgd-t
@@ -13,50 +15,25 @@ unless `--bf16`.
 
 import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-from rpat_jax import (attacks, autoattack, config_validation, data, distributed, metrics_log, parallel, pgd_eval,
-                      restore, threats)
+from rpat_jax import attacks
+from rpat_jax import autoattack
+from rpat_jax import config_validation
+from rpat_jax import data
+from rpat_jax import threats
+from rpat_jax.evaluate.pgd import accuracies as pgd_accuracies
+from rpat_jax.evaluate.pgd import make_robustness
+from rpat_jax.evaluate.variables import restore_variables
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
-                                          lock_config=False)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run directory (its checkpoints).')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'last', or an epoch number.")
-_N_EXAMPLES = flags.DEFINE_integer('n_examples', 10000, 'Evaluate the first N test points (0 = all).')
-_AA_VERSION = flags.DEFINE_string('aa_version', 'standard', 'AutoAttack version: standard, plus or custom.')
-_ATTACKS = flags.DEFINE_list('attacks', None, 'With --aa_version=custom: any of apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square.')
-_AA_OPTIONS = flags.DEFINE_string('aa_options', None,
-                                  'JSON per-attack overrides, e.g. \'{"square": {"n_queries": 1000}}\'.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 500, 'Points per compiled attack call.')
-_SEED = flags.DEFINE_integer('seed', 0, 'AutoAttack and PGD seed.')
-_VARIABLES = flags.DEFINE_string('variables', None, 'Evaluate these Flax variables (a directory written by '
-                                 '`python -m rpat_jax.convert --to=DIR`) instead of a training checkpoint.')
-_EMA = flags.DEFINE_bool('ema', False, 'Evaluate the weight average of the checkpoint (a run with ema.enabled).')
-_BF16 = flags.DEFINE_bool('bf16', False, 'Run the model in bfloat16 (float32 is the default and the reference).')
-flags.mark_flags_as_required(['config', 'workdir'])
+__all__ = ['run', 'summary', 'markdown_table', 'pgd_accuracies', 'make_robustness', 'restore_variables']
 
 PGD_STEPS = attacks.EVAL_PGD_STEPS
-
-
-def pgd_accuracies(logits_fn, x, y, attack_config, batch_size: int, seed: int):
-  """Clean, PGD-20 (cross-entropy) and CW-20 (margin loss) accuracy with the training threat.
-
-  batch_size: points per call, split over every device (a multiple of the device count).
-  """
-  mesh = parallel.make_mesh()
-  clean = jax.jit(lambda xb, yb, start: jnp.argmax(logits_fn(xb), -1) == yb, out_shardings=parallel.replicated(mesh))
-  robust = pgd_eval.make_robustness(logits_fn, attack_config, seed, steps=PGD_STEPS)
-  return (float(parallel.per_point(clean, x, y, batch_size, mesh).mean()),
-          float(robust(x, y, batch_size, 'ce').mean()), float(robust(x, y, batch_size, 'cw').mean()))
 
 
 def summary(clean: float, robust: float):
@@ -79,10 +56,17 @@ def markdown_table(results) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000, aa_version: str = 'standard',
+def run(config, workdir: str, *, checkpoint: str = 'best', n_examples: int = 10000, aa_version: str = 'standard',
         attack_names=None, aa_options=None, batch_size: int = 500, seed: int = 0, bf16: bool = False,
         variables_dir=None, ema: bool = False):
-  """Evaluates and writes workdir/eval/results.{json,md} (results_ema.* for the average); returns the dict."""
+  """Evaluates a training run's checkpoint (or converted variables) and writes
+  workdir/eval/results.{json,md} (results_ema.* for the weight average); returns the results dict.
+
+  checkpoint: 'best', 'last' or an epoch. n_examples: the first N test points (<= 0: all). aa_version,
+  attack_names, aa_options: AutoAttack's version, its attacks for 'custom', per-attack overrides.
+  batch_size: points per compiled attack call, over all devices. bf16: the model in bfloat16.
+  variables_dir: a `python -m rpat_jax.convert --to` directory instead of a checkpoint.
+  """
   started = time.time()
   config = threats.resolve(config)
   config_validation.validate(config, jax.device_count())
@@ -94,14 +78,14 @@ def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000,
   y = labels.astype(np.int32)
   with config.unlocked():
     config.model.dtype = 'bfloat16' if bf16 else 'float32'
-  forward, params, batch_stats, epoch = restore.restore_variables(config, workdir, checkpoint, info.num_classes,
-                                                          x.shape[1:], variables_dir, ema)
+  forward, params, batch_stats, epoch = restore_variables(config, workdir, checkpoint=checkpoint, info=info,
+                                                          variables_dir=variables_dir, ema=ema)
   if variables_dir:
     checkpoint = 'variables'
   logits_fn = lambda images: forward.eval_logits(params, batch_stats, images).astype(jnp.float32)
   devices = jax.device_count()  # Batches are split over all of them: round up to a multiple.
   batch_size = -(-min(batch_size, count) // devices) * devices
-  clean_acc, pgd20_acc, cw20_acc = pgd_accuracies(logits_fn, x, y, config.attack, batch_size, seed)
+  clean_acc, pgd20_acc, cw20_acc = pgd_accuracies(logits_fn, x, y, config.attack, batch_size=batch_size, seed=seed)
   logging.info('clean %.4f, PGD-20 %.4f, CW-20 %.4f on %d points', clean_acc, pgd20_acc, cw20_acc, count)
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
@@ -126,25 +110,3 @@ def run(config, workdir: str, checkpoint: str = 'best', n_examples: int = 10000,
   with open(os.path.join(out_dir, f'{name}.md'), 'w') as f:
     f.write(markdown_table(results))
   return results
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  metrics_log.quiet_library_logs()
-  try:
-    distributed.initialize_from_flags()  # Several processes: each attacks its devices' slice of a chunk.
-    options = json.loads(_AA_OPTIONS.value) if _AA_OPTIONS.value else None
-    results = run(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _N_EXAMPLES.value, _AA_VERSION.value,
-                  _ATTACKS.value, options, _BATCH_SIZE.value, _SEED.value, _BF16.value, _VARIABLES.value,
-                  _EMA.value)
-  except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError,
-          FileNotFoundError, ValueError, json.JSONDecodeError) as error:
-    print(f'rpat_jax.evaluate: error: {error}', file=sys.stderr)
-    sys.exit(2)
-  if jax.process_index() == 0:
-    print(markdown_table(results), end='')
-
-
-if __name__ == '__main__':
-  app.run(main)

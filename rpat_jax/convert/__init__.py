@@ -1,4 +1,6 @@
-"""PyTorch state_dict <-> Flax variables for the model zoo, and a CLI around Orbax and `.pt` files.
+"""PyTorch state_dict <-> Flax variables for the model zoo, and the `.pt` / Orbax files around them.
+
+The command line (`__main__.py`):
 
   python -m rpat_jax.convert --model=preact_resnet18 --from_torch=model_best.pth --to=/ckpt/prn18
   python -m rpat_jax.convert --model=preact_resnet18 --from_flax=/ckpt/prn18 --to_torch=prn18.pt
@@ -21,38 +23,41 @@ Layouts (the key names of the PyTorch code a state_dict came from), per model:
 State_dicts here are {key: numpy array}: torch is imported only by the CLI's file reading and writing.
 """
 
+import dataclasses
 import os
 import re
-import sys
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
 
 from rpat_jax import models
 
-# model name -> {layout: the name of the classifier module}; the first layout is the default for export.
-LAYOUTS = {
-    'preact_resnet18': {'rpat_sotas': 'linear'},
-    'preact_resnet18_benchmarks': {'rpat_benchmarks': 'linear'},
-    'resnet18': {'kuangliu': 'linear', 'rpat_benchmarks': 'linear'},
-    'resnet18_bottleneck': {'rpat_benchmarks': 'linear'},
-    'wide_resnet': {'rpat_sotas': 'fc', 'rpat_benchmarks': 'linear'},
-    'small_cnn': {'rpat_jax': 'head'},  # Ours only: the PyTorch twin of rpat_jax/bench/torch_models.py.
-}
-# Flax module names -> PyTorch ones, per model: the stem, the final / stem BatchNorm, the shortcut layers.
-_TOP_LEVEL = {
-    'preact_resnet18': {'stem': 'conv1', 'final_bn': 'bn'},
-    'preact_resnet18_benchmarks': {'stem': 'conv1', 'stem_bn': 'bn1'},
-    'resnet18': {'stem': 'conv1', 'stem_bn': 'bn1'},
-    'resnet18_bottleneck': {'stem': 'conv1', 'stem_bn': 'bn1'},
-    'wide_resnet': {'stem': 'conv1', 'final_bn': 'bn1'},
-    'small_cnn': {name: name for name in ('conv0', 'bn0', 'conv1', 'bn1', 'conv2', 'bn2')},
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchNames:
+  """How one of our models is named in the PyTorch code its weights come from."""
+  heads: Mapping[str, str]  # Layout -> the classifier module's name; the first layout is the export default.
+  top_level: Mapping[str, str]  # Our top-level module names -> PyTorch's: the stem, the stem / final BN.
+  block: str = 'layer{stage}.{position}'  # A residual block's module prefix (stage counted from 1).
+  shortcut_conv: Optional[str] = None  # The 1x1 shortcut's name when not the kuangliu `shortcut.0`.
+
+
+_RESNET_STEM = {'stem': 'conv1', 'stem_bn': 'bn1'}
+# The converter's one registry, by our model name (`rpat_jax.models.MODELS`); the layouts are named after
+# the PyTorch code: `rpat_sotas` (= ReBAT), `rpat_benchmarks`, `kuangliu` (AutoAttack's example model).
+TORCH_NAMES = {
+    'preact_resnet18': TorchNames({'rpat_sotas': 'linear'}, {'stem': 'conv1', 'final_bn': 'bn'}),
+    'preact_resnet18_benchmarks': TorchNames({'rpat_benchmarks': 'linear'}, _RESNET_STEM),
+    'resnet18': TorchNames({'kuangliu': 'linear', 'rpat_benchmarks': 'linear'}, _RESNET_STEM),
+    'resnet18_bottleneck': TorchNames({'rpat_benchmarks': 'linear'}, _RESNET_STEM),
+    'wide_resnet': TorchNames({'rpat_sotas': 'fc', 'rpat_benchmarks': 'linear'}, {'stem': 'conv1', 'final_bn': 'bn1'},
+                              block='block{stage}.layer.{position}', shortcut_conv='convShortcut'),
+    # Ours only: the PyTorch twin in rpat_jax/bench/torch_models.py.
+    'small_cnn': TorchNames({'rpat_jax': 'head'}, {name: name for name in ('conv0', 'bn0', 'conv1', 'bn1', 'conv2', 'bn2')}),
 }
 _SHORTCUTS = {'shortcut': 'shortcut.0', 'shortcut_conv': 'shortcut.0', 'shortcut_bn': 'shortcut.1'}
 _DATA_PARALLEL_PREFIX = 'module.'
@@ -63,13 +68,14 @@ _COUNTER = 'num_batches_tracked'
 Entry = Tuple[str, Optional[Tuple[str, ...]], str]
 
 
-def _check_model(model_name: str, layout: Optional[str]) -> str:
+def check_layout(model_name: str, layout: Optional[str]) -> str:
   """Returns the layout to use (the default when None); ValueError for unsupported names."""
-  if model_name not in LAYOUTS:
-    raise ValueError(f'model {model_name!r} has no PyTorch layout; supported: {", ".join(LAYOUTS)}')
-  layout = layout or next(iter(LAYOUTS[model_name]))
-  if layout not in LAYOUTS[model_name]:
-    raise ValueError(f'layout {layout!r} is not one of {model_name}: {", ".join(LAYOUTS[model_name])}')
+  if model_name not in TORCH_NAMES:
+    raise ValueError(f'model {model_name!r} has no PyTorch layout; supported: {", ".join(TORCH_NAMES)}')
+  heads = TORCH_NAMES[model_name].heads
+  layout = layout or next(iter(heads))
+  if layout not in heads:
+    raise ValueError(f'layout {layout!r} is not one of {model_name}: {", ".join(heads)}')
   return layout
 
 
@@ -82,23 +88,26 @@ def _natural(key: str):
   return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', module)] + [_TORCH_ORDER.index(name)]
 
 
-def _block_prefix(model_name: str, index: int, per_stage: int) -> str:
-  stage, position = divmod(index, per_stage)
-  if model_name == 'wide_resnet':
-    return f'block{stage + 1}.layer.{position}'
-  return f'layer{stage + 1}.{position}'
+def _block_position(index: int, stage_sizes: Tuple[int, ...]) -> Tuple[int, int]:
+  """(stage from 1, position in the stage) of the `index`-th residual block, counted over all stages."""
+  for stage, size in enumerate(stage_sizes, start=1):
+    if index < size:
+      return stage, index
+    index -= size
+  raise ValueError(f'block {index} is beyond the stages {stage_sizes}')
 
 
-def _torch_module(model_name: str, head: str, path: Tuple[str, ...], per_stage: int) -> str:
+def _torch_module(names: TorchNames, head: str, path: Tuple[str, ...], stage_sizes: Tuple[int, ...]) -> str:
   """The PyTorch module name of a Flax module path, e.g. ('PreActBlock_3', 'Conv_1') -> 'layer2.1.conv2'."""
   if path == ('Head_0', 'head'):
     return head
   if len(path) == 1:
-    return _TOP_LEVEL[model_name][path[0]]
+    return names.top_level[path[0]]
   block, layer = path
-  prefix = _block_prefix(model_name, int(block.rsplit('_', 1)[1]), per_stage)
+  stage, position = _block_position(int(block.rsplit('_', 1)[1]), stage_sizes)
+  prefix = names.block.format(stage=stage, position=position)
   if layer in _SHORTCUTS:
-    name = 'convShortcut' if model_name == 'wide_resnet' else _SHORTCUTS[layer]
+    name = names.shortcut_conv or _SHORTCUTS[layer]
   else:  # Conv_k -> conv{k+1}, BatchNorm_k -> bn{k+1}: both codes number layers in call order.
     kind, number = layer.rsplit('_', 1)
     name = {'Conv': 'conv', 'BatchNorm': 'bn'}[kind] + str(int(number) + 1)
@@ -106,12 +115,12 @@ def _torch_module(model_name: str, head: str, path: Tuple[str, ...], per_stage: 
 
 
 def _entries(model_name: str, layout: str, shapes: Mapping[Tuple[str, ...], Any],
-             per_stage: int) -> List[Entry]:
+             stage_sizes: Tuple[int, ...]) -> List[Entry]:
   """Every PyTorch key of the model, in natural key order, from the flat Flax shapes {(collection, ...): .}."""
-  head = LAYOUTS[model_name][layout]
+  names = TORCH_NAMES[model_name]
   entries = []
   for (collection, *path, leaf) in shapes:
-    module = _torch_module(model_name, head, tuple(path), per_stage)
+    module = _torch_module(names, names.heads[layout], tuple(path), stage_sizes)
     flax_key = (collection, *path, leaf)
     if leaf == 'kernel':
       entries.append((f'{module}.weight', flax_key, 'conv' if len(shapes[flax_key].shape) == 4 else 'linear'))
@@ -137,16 +146,17 @@ def _to_flax_axes(value, transform: str):
 
 
 def _expected_shapes(model_name: str, model_kwargs: Dict[str, Any]):
-  """Flat {(collection, *path, leaf): ShapeDtypeStruct} of our model, without allocating weights."""
+  """(flat {(collection, *path, leaf): ShapeDtypeStruct} of our model, without allocating weights, and the
+  blocks per stage). Raises ValueError for a model whose residual blocks cannot be placed in stages."""
   model = models.create_model(model_name, **model_kwargs)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  return flax.traverse_util.flatten_dict(variables)
-
-
-def _per_stage(model_name: str, model_kwargs: Dict[str, Any]) -> int:
-  if model_name == 'wide_resnet':
-    return (model_kwargs.get('depth', 34) - 4) // 6
-  return 2  # Every ResNet-18 here has [2, 2, 2, 2] blocks.
+  shapes = flax.traverse_util.flatten_dict(variables)
+  blocks = {path[1] for path in shapes if len(path) > 3 and path[1] != 'Head_0'}  # (collection, block, layer, leaf).
+  stage_sizes = tuple(getattr(model, 'stage_sizes', ()))
+  if len(blocks) != sum(stage_sizes):
+    raise ValueError(f'{model_name} has {len(blocks)} residual blocks but its stage_sizes {stage_sizes} '
+                     f'place {sum(stage_sizes)}: give the model a `stage_sizes` property to convert it')
+  return shapes, stage_sizes
 
 
 def _infer_torch_kwargs(model_name: str, head: str, state_dict: Mapping[str, Any]) -> Dict[str, Any]:
@@ -186,13 +196,14 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_name: str, layout: Option
   """
   state_dict = {key[len(_DATA_PARALLEL_PREFIX):] if key.startswith(_DATA_PARALLEL_PREFIX) else key: value
                 for key, value in state_dict.items()}
-  if layout is None and model_name in LAYOUTS:  # The first layout whose classifier key is present.
-    layout = next((name for name, head in LAYOUTS[model_name].items() if f'{head}.weight' in state_dict), None)
-  layout = _check_model(model_name, layout)
-  inferred = _infer_torch_kwargs(model_name, LAYOUTS[model_name][layout], state_dict)
+  if layout is None and model_name in TORCH_NAMES:  # The first layout whose classifier key is present.
+    heads = TORCH_NAMES[model_name].heads
+    layout = next((name for name, head in heads.items() if f'{head}.weight' in state_dict), None)
+  layout = check_layout(model_name, layout)
+  inferred = _infer_torch_kwargs(model_name, TORCH_NAMES[model_name].heads[layout], state_dict)
   model_kwargs = {'num_classes': 10, **inferred, **model_kwargs}
-  shapes = _expected_shapes(model_name, model_kwargs)
-  entries = _entries(model_name, layout, shapes, _per_stage(model_name, model_kwargs))
+  shapes, stage_sizes = _expected_shapes(model_name, model_kwargs)
+  entries = _entries(model_name, layout, shapes, stage_sizes)
   where, hint = f'{model_name} in the {layout} layout', _hint(model_name, state_dict)
   flat = {}
   for key, flax_key, transform in entries:
@@ -220,7 +231,7 @@ def flax_to_torch(variables: Mapping[str, Any], model_name: str, layout: Optiona
   RPAT_SOTAs). num_classes and WRN depth / widen_factor default to what the variables say.
   Raises ValueError naming the first missing, unexpected or wrongly shaped Flax leaf.
   """
-  layout = _check_model(model_name, layout)
+  layout = check_layout(model_name, layout)
   for collection in ('params', 'batch_stats'):
     if collection not in variables:
       raise ValueError(f'variables have no {collection!r}; they hold {", ".join(map(str, variables))}')
@@ -235,7 +246,7 @@ def flax_to_torch(variables: Mapping[str, Any], model_name: str, layout: Optiona
       blocks = {path[1] for path in flat if path[1].startswith('WideBlock_')}
       inferred.update(widen_factor=features // 64, depth=2 * len(blocks) + 4)
   model_kwargs = {'num_classes': 10, **inferred, **model_kwargs}
-  shapes = _expected_shapes(model_name, model_kwargs)
+  shapes, stage_sizes = _expected_shapes(model_name, model_kwargs)
   for path, shape in shapes.items():
     if path not in flat:
       raise ValueError(f'variables are missing {"/".join(path)} (expected shape {shape.shape})')
@@ -245,21 +256,12 @@ def flax_to_torch(variables: Mapping[str, Any], model_name: str, layout: Optiona
     if path not in shapes:
       raise ValueError(f'variables have unexpected {"/".join(path)} for {model_name}')
   state_dict = {}
-  for key, flax_key, transform in _entries(model_name, layout, shapes, _per_stage(model_name, model_kwargs)):
+  for key, flax_key, transform in _entries(model_name, layout, shapes, stage_sizes):
     if transform == 'counter':
       state_dict[key] = np.zeros((), np.int64)
     else:
       state_dict[key] = np.array(_to_torch_axes(np.asarray(flat[flax_key]), transform), order='C')
   return state_dict
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-_MODEL = flags.DEFINE_string('model', None, f'Our model name: {", ".join(LAYOUTS)}.')
-_LAYOUT = flags.DEFINE_string('layout', None, 'PyTorch key layout (default: detected / the first listed).')
-_FROM_TORCH = flags.DEFINE_string('from_torch', None, 'A PyTorch state_dict file (.pt / .pth / .model).')
-_TO = flags.DEFINE_string('to', None, 'Directory to create with an Orbax StandardSave of {params, batch_stats}.')
-_FROM_FLAX = flags.DEFINE_string('from_flax', None, 'An Orbax directory written by --to, or a checkpoint `state`.')
-_TO_TORCH = flags.DEFINE_string('to_torch', None, 'The PyTorch state_dict file to write.')
 
 
 def _torch():
@@ -300,41 +302,3 @@ def load_variables(directory: str) -> Dict[str, Any]:
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(os.path.abspath(directory))
   return {name: restored[name] for name in ('params', 'batch_stats') if name in restored}
-
-
-def _run() -> None:
-  if not _MODEL.value:
-    raise ValueError(f'--model is required; one of {", ".join(LAYOUTS)}')
-  _check_model(_MODEL.value, _LAYOUT.value)
-  if bool(_FROM_TORCH.value) == bool(_FROM_FLAX.value):
-    raise ValueError('give exactly one of --from_torch (with --to) and --from_flax (with --to_torch)')
-  if _FROM_TORCH.value:
-    if not _TO.value or _TO_TORCH.value:
-      raise ValueError('--from_torch needs --to=DIR (and no --to_torch)')
-    target = os.path.abspath(_TO.value)
-    if os.path.exists(target):
-      raise ValueError(f'--to={_TO.value} already exists; give a new directory')
-    save_variables(torch_to_flax(load_torch_file(_FROM_TORCH.value), _MODEL.value, _LAYOUT.value), target)
-    print(f'wrote {target}')
-  else:
-    if not _TO_TORCH.value or _TO.value:
-      raise ValueError('--from_flax needs --to_torch=FILE (and no --to)')
-    if not os.path.isdir(_FROM_FLAX.value):
-      raise ValueError(f'--from_flax={_FROM_FLAX.value} is not a directory')
-    save_torch_file(flax_to_torch(load_variables(_FROM_FLAX.value), _MODEL.value, _LAYOUT.value), _TO_TORCH.value)
-    print(f'wrote {_TO_TORCH.value}')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save at INFO.
-  try:
-    _run()
-  except (ValueError, RuntimeError, OSError) as error:
-    print(f'rpat_jax.convert: error: {error}', file=sys.stderr)
-    sys.exit(2)
-
-
-if __name__ == '__main__':
-  app.run(main)

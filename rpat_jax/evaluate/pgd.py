@@ -1,5 +1,5 @@
-"""Per-point PGD-k robustness of host points, in batches split over the mesh: the evaluation binary's
-PGD-20 / CW-20 and the benchmark's PGD-20 run this one compiled attack."""
+"""Per-point PGD-k robustness of host points, in batches split over the mesh: the evaluation's PGD-20 and
+CW-20 and the benchmark's PGD-20 run this one compiled attack."""
 
 import functools
 from typing import Callable
@@ -15,7 +15,7 @@ from rpat_jax.autoattack import losses
 LOSSES = {'ce': attacks.cross_entropy_sum, 'cw': losses.cw_loss_sum}
 
 
-def make_robustness(logits_fn: Callable, attack_config, seed: int,
+def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
                     steps: int = attacks.EVAL_PGD_STEPS) -> Callable[..., np.ndarray]:
   """Returns `robust(x, y, batch_size, loss='ce') -> bool [N]`: PGD-`steps` with the training threat
   (`attack_config`: norm, eps, step_size) on cross-entropy ('ce') or the CW margin ('cw'), each point
@@ -36,3 +36,15 @@ def make_robustness(logits_fn: Callable, attack_config, seed: int,
     return parallel.per_point(functools.partial(robust_batch, loss=loss), x, y, batch_size, mesh)
 
   return robust
+
+
+def accuracies(logits_fn, x, y, attack_config, *, batch_size: int, seed: int):
+  """(clean, PGD-20 (cross-entropy), CW-20 (margin loss)) accuracy with the training threat.
+
+  batch_size: points per call, split over every device (a multiple of the device count).
+  """
+  mesh = parallel.make_mesh()
+  clean = jax.jit(lambda xb, yb, start: jnp.argmax(logits_fn(xb), -1) == yb, out_shardings=parallel.replicated(mesh))
+  robust = make_robustness(logits_fn, attack_config, seed=seed)
+  return (float(parallel.per_point(clean, x, y, batch_size, mesh).mean()),
+          float(robust(x, y, batch_size, 'ce').mean()), float(robust(x, y, batch_size, 'cw').mean()))

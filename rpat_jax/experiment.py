@@ -1,0 +1,92 @@
+"""One set-up from a config, for the trainer, the evaluation, the benchmark and the tests.
+
+`create(config)` resolves and checks the config, reads the dataset's description (sizes, image shape,
+classes; no image decoded), builds the mesh over every device, the model's forward pass and the
+optimiser. The `Experiment` it returns makes the replicated initial train state and places the datasets
+on the devices (each process reading only the rows its devices hold).
+"""
+
+import dataclasses
+import functools
+from typing import Optional, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from rpat_jax import config_validation
+from rpat_jax import data
+from rpat_jax import optim
+from rpat_jax import parallel
+from rpat_jax import steps
+from rpat_jax import threats
+from rpat_jax.forward import Forward
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  config: ml_collections.ConfigDict  # Resolved (`threats.resolve`) and validated.
+  info: data.DatasetInfo
+  mesh: Mesh
+  forward: Forward
+  steps_per_epoch: int
+
+  @functools.cached_property
+  def tx(self) -> optax.GradientTransformation:
+    return optim.make_optimizer(self.config, self.steps_per_epoch)
+
+  def init_state(self) -> steps.TrainState:
+    """The initial train state of `config.seed`, replicated over the mesh (the structure a checkpoint
+    restores into)."""
+    tx = self.tx  # Built outside the trace: the step closes over it.
+    create_state = lambda: steps.create_train_state(self.config, self.forward, tx, self.info.image_shape)
+    return jax.jit(create_state, out_shardings=parallel.replicated(self.mesh))()
+
+  def train_data(self) -> Tuple[jax.Array, jax.Array]:
+    """The training set on the devices: uint8 images [N', H, W, C] and int32 labels [N'], sharded by rows
+    (N' = N padded to a multiple of the device count; padding rows are never selected)."""
+    rows = parallel.padded_rows(self.info.num_train, jax.device_count())
+    return parallel.rows_to_global(rows, parallel.batch_sharded(self.mesh),
+                                   lambda chosen: _images_and_labels(self.config.data, 'train', chosen))
+
+  def test_data(self) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """The per-epoch evaluation subset (the first `eval.num_examples` test images, 0 = all) as batches:
+    images [N_b, B, H, W, C], labels [N_b, B], mask [N_b, B] (False on padding), sharded over B."""
+    rows = eval_rows(self.info.num_test, self.config.eval.num_examples, self.config.eval.batch_size)
+    return parallel.rows_to_global(
+        rows, parallel.batch_sharded(self.mesh, axis=1),
+        lambda chosen: (*_images_and_labels(self.config.data, 'test', chosen), np.ones(len(chosen), bool)))
+
+
+def eval_rows(num_test: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """Row ids [N_b, B] of the first `num_examples` test images (0 = all), padded with PADDING."""
+  n = num_test if num_examples == 0 else min(num_examples, num_test)
+  return parallel.padded_rows(n, batch_size).reshape(-1, batch_size)
+
+
+def _images_and_labels(data_config, split: str, rows: np.ndarray):
+  images, labels = data.load_rows(data_config, split, rows)
+  return images, labels.astype(np.int32)
+
+
+def create(config: ml_collections.ConfigDict, *, info: Optional[data.DatasetInfo] = None,
+           validate: bool = True) -> Experiment:
+  """The experiment of `config` on every device of every process.
+
+  info: the dataset's description when the caller has it (default: `data.describe(config.data)`).
+  validate: check the config (one-line `ConfigError`s, among them a batch larger than the training set)
+  before anything is built; False for an evaluation, which only needs the model and the state's structure.
+  """
+  config = threats.resolve(config)
+  if validate:
+    config_validation.validate(config, jax.device_count())
+  info = info or data.describe(config.data)
+  steps_per_epoch = info.num_train // config.batch_size
+  if validate and steps_per_epoch < 1:
+    raise config_validation.ConfigError(
+        f'batch_size={config.batch_size} exceeds the {info.num_train} training images; allowed: at most that')
+  return Experiment(config=config, info=info, mesh=parallel.make_mesh(),
+                    forward=Forward.from_config(config.model, info.num_classes),
+                    steps_per_epoch=max(steps_per_epoch, 1))
