@@ -5,7 +5,7 @@ the same attack serves training (BN eval mode, as RPAT_Benchmarks) and evaluatio
 [0, 1]; eps and step sizes are fractions of that range (8/255, not 8). The step loop is a
 `lax.fori_loop`: one compiled body, whatever the number of steps.
 
-Semantics follow advertorch's `PGDAttack` used by the official code (spec section 2.1):
+Semantics follow advertorch's `PGDAttack` used by the official code ([B]; docs/fidelity.md):
 - Linf: delta ~ U(-eps, eps), clipped so x + delta is an image; step delta += step * sign(g), clamp to
   [-eps, eps], clip x + delta to [0, 1].
 - L2: start from a uniform random image u, delta = u - x shrunk into the eps-ball, clipped to the image

@@ -14,7 +14,7 @@ and the seed (paper) form, with a = 1 - r the weight on the perturbation, is
 so at r = 0.5 the paper form is 16x the code form: lambda_code = 1.0 equals lambda_paper = 1/16.
 With several rates the regulariser is the mean over rates.
 
-References: RPAT, ICCV'25, arXiv 2508.02186; the spec `../shared/docs/rpat_spec.md` sections 0-1.
+References: RPAT, ICCV'25, arXiv 2508.02186; what the official code computes: docs/fidelity.md.
 """
 
 import jax

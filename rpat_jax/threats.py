@@ -1,7 +1,7 @@
 """Threat models: the one place that holds the per-norm default budgets.
 
-The official RPAT_Benchmarks CLI keeps Linf defaults even when `--distance L2` is passed (spec, section
-5 #11); here an unset `attack.eps` / `attack.step_size` is filled from the norm, so choosing the norm
+The official RPAT_Benchmarks CLI keeps Linf defaults even when `--distance L2` is passed (docs/fidelity.md,
+"Methods"); here an unset `attack.eps` / `attack.step_size` is filled from the norm, so choosing the norm
 alone gives the right budget.
 """
 

@@ -1,7 +1,7 @@
 """APGD: the pure pieces against their formulas, and whole runs against the official code.
 
 The official runs replay the exact random numbers: torch's `rand`/`randn` are recorded during the
-official `perturb` and fed to ours as `noise` (autoattack_spec.md section 6, exact-noise harness).
+official `perturb` and fed to ours as `noise` (docs/autoattack.md, section 6, exact-noise harness).
 """
 
 import functools
@@ -14,6 +14,8 @@ import pytest
 
 import aa_reference as ref
 from rpat_jax.autoattack import apgd, losses
+
+pytestmark = pytest.mark.xla_optimized  # Its time goes into running the attacks' loops.
 
 torch = pytest.importorskip('torch')
 autopgd = pytest.importorskip('pyautoattack.autopgd_base')

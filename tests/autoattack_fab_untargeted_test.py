@@ -15,6 +15,8 @@ import pytest
 import aa_reference as ref
 from rpat_jax.autoattack import fab
 
+pytestmark = pytest.mark.xla_optimized  # Its time goes into running the attacks' loops.
+
 torch = pytest.importorskip('torch')
 fab_pt = pytest.importorskip('pyautoattack.fab_pt')
 torch.set_num_threads(1)  # pytest -n 2 runs two workers on two cores.

@@ -16,6 +16,8 @@ from pyautoattack.square import SquareAttack
 import aa_reference as reference
 from rpat_jax.autoattack import square
 
+pytestmark = pytest.mark.xla_optimized  # Its time goes into running the attacks' loops.
+
 torch.set_num_threads(1)  # pytest -n 2 runs two workers on two cores.
 P_INIT = 0.8
 # The spec's table (section 4.1) for CIFAR 32x32: (first, last iteration, p, Linf side, L2 side).

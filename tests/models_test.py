@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rpat_jax import models
+from rpat_jax import defaults, models
+from rpat_jax.models import layers
 
 
 def _param_count(name, num_classes=10, size=32, **fields):
@@ -70,3 +71,21 @@ def test_small_cnn_forward_and_batchnorm_modes():
 def test_unknown_name_lists_the_allowed_ones():
   with pytest.raises(ValueError, match='allowed: small_cnn, preact_resnet18'):
     models.create_model('vgg16', 10)
+
+
+def test_two_pass_batchnorm_variance_stays_exact_where_one_pass_cancels():
+  """A channel whose mean (1000) dwarfs its spread (0.1): E[x^2] - E[x]^2 loses the variance in float32
+  rounding; mean((x - mean)^2), PyTorch's form and `model.bn_fast_variance=False`, keeps it."""
+  x = 1000.0 + 0.1 * jax.random.normal(jax.random.key(0), (64, 4, 4, 2))
+  spreads = {}
+  for fast in (True, False):
+    norm = layers.batch_norm(True, jnp.float32, fast_variance=fast)
+    variables = norm.init(jax.random.key(1), x)
+    normalised, _ = norm.apply(variables, x, mutable=['batch_stats'])
+    spreads[fast] = float(jnp.std(normalised))
+  assert abs(spreads[False] - 1.0) < 1e-2 and abs(spreads[True] - 1.0) > 0.1, spreads
+  config = defaults.get_config()
+  config.model.bn_fast_variance = False  # The key reaches every model.
+  for name in models.MODEL_NAMES:
+    config.model.name = name
+    assert models.from_config(config.model, 10).bn_fast_variance is False

@@ -42,14 +42,14 @@ def evaluation(out: str):
   sums = jax.device_get(train.compile_evaluate(setup, state, eval_data)(state, *eval_data))
   images, labels = data.load_rows(config.data, 'test', np.arange(setup.info.num_test))
   x = images.astype(np.float32) / 255
-  stats = state.batch_stats  # Running statistics of these images, so that predictions vary by point.
-  for _ in range(30):
-    _, stats = forward.train_logits(state.params, stats, x)
+  # Running statistics of these images, so that predictions vary by point: 30 train-mode forwards.
+  moved = lambda stats: jax.lax.fori_loop(0, 30, lambda _, s: forward.train_logits(state.params, s, x)[1], stats)
+  stats = jax.jit(moved)(state.batch_stats)
   logits_fn = lambda images: forward.eval_logits(state.params, stats, images)
   predicted = np.asarray(jax.jit(logits_fn)(x)).argmax(1)  # As labels: every point starts robust.
   aa = autoattack.evaluate(logits_fn, x, predicted, norm='Linf', eps=6 / 255,
                            version='custom', attacks=['apgd-ce', 'square'], batch_size=24,
-                           attack_options={'apgd-ce': {'n_iter': 5}, 'square': {'n_queries': 20}})
+                           attack_options={'apgd-ce': {'n_iter': 5, 'n_restarts': 2}, 'square': {'n_queries': 20}})
   np.savez(out, clean=sums['clean_correct'], pgd=sums['pgd_correct'], count=sums['count'],
            robust=aa['robust'], y_adv=aa['y_adv'], devices=jax.device_count())
 

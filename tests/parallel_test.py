@@ -29,8 +29,8 @@ TINY = ['--config=configs/smoke.py', '--config.model.width=8', '--config.data.sy
 
 
 def _env(devices: int):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
-             PYTHONPATH=ROOT)
+  flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'.strip()
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   return env
 
 
@@ -70,6 +70,7 @@ def test_eight_devices_train_three_steps_like_one_device(tmp_path):
   np.testing.assert_allclose(eight['flat'], one['flat'], atol=1e-3)
 
 
+@pytest.mark.xla_optimized  # AutoAttack's loops on 8 simulated devices.
 def test_eight_devices_evaluate_every_point_like_one_device(tmp_path):
   one, eight = _worker('eval', 1, tmp_path), _worker('eval', 8, tmp_path)
   assert int(eight['devices']) == 8 and int(one['count']) == int(eight['count']) == 64

@@ -1,5 +1,7 @@
 """The train step: official forward order and BN modes, gradient flow, vectorised rates, one compile."""
 
+import copy
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,18 +12,34 @@ from conftest import tiny_config
 from rpat_jax import data, experiment, methods, steps
 
 
+_SETUPS, _RUNS = {}, {}  # Memos by config: several tests start from the same state or take the same step.
+
+
 def _setup(**overrides):
   """(config, forward, initial state, one batch of 64 raw images) of the tiny config with `overrides`."""
-  setup = experiment.create(tiny_config(**overrides))
-  dataset = data.make_synthetic(64, 8, 16, 10, 0)
-  batch = {'image': jnp.asarray(dataset.train_images), 'label': jnp.asarray(dataset.train_labels)}
-  return setup.config, setup.forward, setup.init_state(), batch
+  config = tiny_config(**overrides)
+  key = config.to_json(sort_keys=True)
+  if key not in _SETUPS:
+    setup = experiment.create(config)
+    dataset = data.make_synthetic(64, 8, 16, 10, 0)
+    batch = {'image': jnp.asarray(dataset.train_images), 'label': jnp.asarray(dataset.train_labels)}
+    _SETUPS[key] = (setup.config, setup.forward, setup.init_state(), batch)
+  config, forward, state, batch = _SETUPS[key]
+  return copy.deepcopy(config), forward, state, batch  # A test may change its config.
 
 
 def _run(overrides, state=None, **step_options):
+  """One train step (steps_per_epoch=4) of the tiny config with `overrides` from `state` (default: the
+  initial one): (new state, metrics). Pure, so a step already taken from the initial state is reused."""
   config, forward, fresh, batch = _setup(**overrides)
+  key = (config.to_json(sort_keys=True), tuple(sorted(step_options.items())))
+  if state is None and key in _RUNS:
+    return _RUNS[key]
   step = jax.jit(steps.make_train_step(config, forward, steps_per_epoch=4, **step_options))
-  return step(state if state is not None else fresh, batch, jax.random.key(0))
+  result = step(state if state is not None else fresh, batch, jax.random.key(0))
+  if state is None:
+    _RUNS[key] = result
+  return result
 
 
 def _inputs(config, x, x_adv):

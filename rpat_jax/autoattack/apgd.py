@@ -1,6 +1,6 @@
 """APGD (Croce & Hein, 2020) with the CE, DLR and targeted-DLR losses, as AutoAttack runs it.
 
-Semantics are those of the official `autopgd_base.py` (autoattack_spec.md section 2), per point:
+Semantics are those of the official `autopgd_base.py` (docs/autoattack.md, section 2), per point:
 its own step size, best loss, best point and gradient, and checkpoint memories; the checkpoint
 iterations are shared. The differences are only in how it runs: one compiled function per batch,
 the iterations a `lax.fori_loop`, restarts and targets a second `lax` loop with masks (a point fooled

@@ -1,4 +1,4 @@
-"""AutoAttack's sanity checks (official checks.py; autoattack_spec.md section 5), as flags, not warnings.
+"""AutoAttack's sanity checks (official checks.py; docs/autoattack.md, section 5), as flags, not warnings.
 
 Each check returns {'raised': bool, 'detail': str}. None stops the evaluation; the flags go into the
 results so a reader sees them next to the numbers.

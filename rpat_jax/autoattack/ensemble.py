@@ -1,6 +1,6 @@
 """The AutoAttack ensemble: clean pass, then each attack on the points still robust.
 
-Follows the official `run_standard_evaluation` (autoattack_spec.md section 1): every attack runs in
+Follows the official `run_standard_evaluation` (docs/autoattack.md, section 1): every attack runs in
 chunks of `batch_size` on the points robust when it starts, in index order; a fresh forward pass on
 the returned images decides who is fooled; a fooled point is never attacked again; robust accuracy
 counts every point, clean-misclassified ones included. Differences, on purpose:

@@ -3,7 +3,7 @@ untargeted FAB (`fab_untargeted`, AutoAttack's plus version; see its docstring).
 function (`_fab_run`) and one accepting loop over runs (`_accepting_scan`).
 
 Semantics are those of the official `pyautoattack` 0.2.0 `FABAttack_PT(targeted=True, n_restarts=1)`
-used by AutoAttack's standard version (spec section 3):
+used by AutoAttack's standard version (docs/autoattack.md, section 3):
 - For targets j = 2..n_target_classes + 1 in order, the points still robust (clean-correct and not yet
   fooled within eps) attack the j-th largest *clean* logit. There is no random start and no noise.
 - Each of the n_iter steps linearises f = z_t - z_y at the iterate x1, projects both x1 and the clean

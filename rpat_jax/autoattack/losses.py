@@ -1,7 +1,7 @@
 """Per-point losses of AutoAttack on raw logits (no softmax), as the official code computes them.
 
 Each takes logits [B, K] and labels [B] (and targets [B]) and returns [B] float32. Gradients flow
-through every term, the sort included, as in the official code (autoattack_spec.md section 2.2).
+through every term, the sort included, as in the official code (docs/autoattack.md, section 2.2).
 """
 
 import jax

@@ -2,7 +2,7 @@
 
 A score-based attack: it only queries `logits_fn`, never a gradient, so it catches gradient
 masking that the white-box attacks of the ensemble miss. Semantics follow the official
-`SquareAttack` (pyautoattack 0.2.0, square.py; spec section 4) with AutoAttack's settings (margin
+`SquareAttack` (pyautoattack 0.2.0, square.py; docs/autoattack.md, section 4) with AutoAttack's settings (margin
 loss, one restart, resc_schedule=False):
 - margin m(x) = z_y - max_{j != y} z_j, minimised; a point is active while its best margin is > 0;
   one query per active point per iteration (plus one for the start point);

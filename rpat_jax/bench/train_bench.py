@@ -16,6 +16,7 @@ from rpat_jax import config_validation
 from rpat_jax import data
 from rpat_jax import experiment as experiment_lib
 from rpat_jax import parallel
+from rpat_jax import threats
 from rpat_jax import train
 from rpat_jax.bench import report
 
@@ -43,7 +44,7 @@ def bench_config(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
                  num_train: int = 0) -> Tuple[ml_collections.ConfigDict, str]:
   """The config with the benchmark's batch size and dtype, its data replaced by on-device random images of
   the dataset's shape (`num_train` > 0 overrides the count); validated. Returns (config, data description)."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  config = threats.resolve(config)  # An unlocked copy with the threat's budgets filled in.
   name = config.data.name
   count, side, classes = dataset_shape(config.data)
   count = num_train or count

@@ -57,7 +57,8 @@ TORCH_NAMES = {
     'wide_resnet': TorchNames({'rpat_sotas': 'fc', 'rpat_benchmarks': 'linear'}, {'stem': 'conv1', 'final_bn': 'bn1'},
                               block='block{stage}.layer.{position}', shortcut_conv='convShortcut'),
     # Ours only: the PyTorch twin in rpat_jax/bench/torch_models.py.
-    'small_cnn': TorchNames({'rpat_jax': 'head'}, {name: name for name in ('conv0', 'bn0', 'conv1', 'bn1', 'conv2', 'bn2')}),
+    'small_cnn': TorchNames({'rpat_jax': 'head'},
+                            {name: name for name in ('conv0', 'bn0', 'conv1', 'bn1', 'conv2', 'bn2')}),
 }
 _SHORTCUTS = {'shortcut': 'shortcut.0', 'shortcut_conv': 'shortcut.0', 'shortcut_bn': 'shortcut.1'}
 _DATA_PARALLEL_PREFIX = 'module.'

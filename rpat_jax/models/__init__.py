@@ -30,15 +30,16 @@ class ModelSpec:
   description: str = ''
 
 
+_BN = ('bn_fast_variance',)  # Every model's BatchNorm variance form.
 MODELS: Dict[str, ModelSpec] = {
-    'small_cnn': ModelSpec(SmallCNN, ('width',), 'three conv-BN-ReLU stages, for CPU checks'),
-    'preact_resnet18': ModelSpec(PreActResNet18, (), "PreActResNet-18, the standard CIFAR form ([S])"),
-    'preact_resnet18_benchmarks': ModelSpec(PreActResNet18Benchmarks, (),
+    'small_cnn': ModelSpec(SmallCNN, ('width',) + _BN, 'three conv-BN-ReLU stages, for CPU checks'),
+    'preact_resnet18': ModelSpec(PreActResNet18, _BN, "PreActResNet-18, the standard CIFAR form ([S])"),
+    'preact_resnet18_benchmarks': ModelSpec(PreActResNet18Benchmarks, _BN,
                                             "[B]'s 64x64 pre_resnet18: BN stem of stride 2, no final BN"),
-    'resnet18': ModelSpec(ResNet18, (), 'the standard BasicBlock ResNet-18 (stem stride 1)'),
-    'resnet18_bottleneck': ModelSpec(ResNet18Bottleneck, ('stem_stride',),
+    'resnet18': ModelSpec(ResNet18, _BN, 'the standard BasicBlock ResNet-18 (stem stride 1)'),
+    'resnet18_bottleneck': ModelSpec(ResNet18Bottleneck, ('stem_stride',) + _BN,
                                      "[B]'s ResNet-18: Bottleneck blocks [2, 2, 2, 2], 2048-d features"),
-    'wide_resnet': ModelSpec(WideResNet, ('depth', 'widen_factor', 'stem_stride'), 'WideResNet-depth-k'),
+    'wide_resnet': ModelSpec(WideResNet, ('depth', 'widen_factor', 'stem_stride') + _BN, 'WideResNet-depth-k'),
 }
 MODEL_NAMES = tuple(MODELS)
 

@@ -19,16 +19,17 @@ class PreActBlock(nn.Module):
   features: int
   stride: int
   dtype: Any
+  bn_fast_variance: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = nn.relu(layers.batch_norm(train, self.dtype)(x))
+    out = nn.relu(layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance)(x))
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = layers.conv(self.features, 1, self.stride, self.dtype, name='shortcut')(out)
     else:
       shortcut = x
     out = layers.conv(self.features, 3, self.stride, self.dtype)(out)
-    out = nn.relu(layers.batch_norm(train, self.dtype)(out))
+    out = nn.relu(layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance)(out))
     out = layers.conv(self.features, 3, 1, self.dtype)(out)
     return out + shortcut
 
@@ -37,6 +38,7 @@ class PreActResNet(nn.Module):
   num_classes: int
   blocks: Sequence[int] = (2, 2, 2, 2)
   dtype: Any = jnp.float32
+  bn_fast_variance: bool = True  # BatchNorm's one-pass batch variance (layers.batch_norm).
 
   @property
   def stage_sizes(self) -> Tuple[int, ...]:
@@ -48,8 +50,8 @@ class PreActResNet(nn.Module):
     for stage, count in enumerate(self.blocks):
       for i in range(count):
         stride = 2 if stage > 0 and i == 0 else 1
-        x = PreActBlock(64 * 2 ** stage, stride, self.dtype)(x, train)
-    x = nn.relu(layers.batch_norm(train, self.dtype, name='final_bn')(x))
+        x = PreActBlock(64 * 2 ** stage, stride, self.dtype, self.bn_fast_variance)(x, train)
+    x = nn.relu(layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance, name='final_bn')(x))
     return layers.Head(self.num_classes, self.dtype)(x)
 
 

@@ -19,38 +19,42 @@ from rpat_jax.models import layers
 from rpat_jax.models.preact_resnet import PreActBlock
 
 
-def _shortcut(x, features: int, stride: int, train: bool, dtype):
+def _shortcut(x, features: int, stride: int, train: bool, dtype, fast_variance: bool):
   if stride == 1 and x.shape[-1] == features:
     return x
   x = layers.conv(features, 1, stride, dtype, name='shortcut_conv')(x)
-  return layers.batch_norm(train, dtype, name='shortcut_bn')(x)
+  return layers.batch_norm(train, dtype, fast_variance=fast_variance, name='shortcut_bn')(x)
 
 
 class BasicBlock(nn.Module):
   features: int
   stride: int
   dtype: Any
+  bn_fast_variance: bool = True
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = nn.relu(layers.batch_norm(train, self.dtype)(layers.conv(self.features, 3, self.stride, self.dtype)(x)))
-    out = layers.batch_norm(train, self.dtype)(layers.conv(self.features, 3, 1, self.dtype)(out))
-    return nn.relu(out + _shortcut(x, self.features, self.stride, train, self.dtype))
+    bn = lambda: layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance)
+    out = nn.relu(bn()(layers.conv(self.features, 3, self.stride, self.dtype)(x)))
+    out = bn()(layers.conv(self.features, 3, 1, self.dtype)(out))
+    return nn.relu(out + _shortcut(x, self.features, self.stride, train, self.dtype, self.bn_fast_variance))
 
 
 class Bottleneck(nn.Module):
   features: int  # Inner width; the block outputs 4x this.
   stride: int
   dtype: Any
+  bn_fast_variance: bool = True
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = nn.relu(layers.batch_norm(train, self.dtype)(layers.conv(self.features, 1, 1, self.dtype)(x)))
-    out = nn.relu(layers.batch_norm(train, self.dtype)(layers.conv(self.features, 3, self.stride, self.dtype)(out)))
-    out = layers.batch_norm(train, self.dtype)(layers.conv(4 * self.features, 1, 1, self.dtype)(out))
-    return nn.relu(out + _shortcut(x, 4 * self.features, self.stride, train, self.dtype))
+    bn = lambda: layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance)
+    out = nn.relu(bn()(layers.conv(self.features, 1, 1, self.dtype)(x)))
+    out = nn.relu(bn()(layers.conv(self.features, 3, self.stride, self.dtype)(out)))
+    out = bn()(layers.conv(4 * self.features, 1, 1, self.dtype)(out))
+    return nn.relu(out + _shortcut(x, 4 * self.features, self.stride, train, self.dtype, self.bn_fast_variance))
 
 
 class ResNet(nn.Module):
@@ -59,6 +63,7 @@ class ResNet(nn.Module):
   blocks: Sequence[int] = (2, 2, 2, 2)
   stem_stride: int = 1
   dtype: Any = jnp.float32
+  bn_fast_variance: bool = True  # BatchNorm's one-pass batch variance (layers.batch_norm).
 
   @property
   def stage_sizes(self) -> Tuple[int, ...]:
@@ -67,10 +72,11 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = layers.conv(64, 3, self.stem_stride, self.dtype, name='stem')(x.astype(self.dtype))
-    x = nn.relu(layers.batch_norm(train, self.dtype, name='stem_bn')(x))
+    x = nn.relu(layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance, name='stem_bn')(x))
     for stage, count in enumerate(self.blocks):
       for i in range(count):
-        x = self.block(64 * 2 ** stage, 2 if stage > 0 and i == 0 else 1, self.dtype)(x, train)
+        block = self.block(64 * 2 ** stage, 2 if stage > 0 and i == 0 else 1, self.dtype, self.bn_fast_variance)
+        x = block(x, train)
     return layers.Head(self.num_classes, self.dtype)(x)
 
 

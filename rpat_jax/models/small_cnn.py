@@ -13,11 +13,12 @@ class SmallCNN(nn.Module):
   num_classes: int
   width: int = 32
   dtype: Any = jnp.float32
+  bn_fast_variance: bool = True  # BatchNorm's one-pass batch variance (layers.batch_norm).
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = x.astype(self.dtype)
     for i, (factor, stride) in enumerate(((1, 1), (2, 2), (4, 2))):
       x = layers.conv(self.width * factor, 3, stride, self.dtype, name=f'conv{i}')(x)
-      x = nn.relu(layers.batch_norm(train, self.dtype, name=f'bn{i}')(x))
+      x = nn.relu(layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance, name=f'bn{i}')(x))
     return layers.Head(self.num_classes, self.dtype)(x)

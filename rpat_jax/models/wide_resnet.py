@@ -19,14 +19,15 @@ class WideBlock(nn.Module):
   features: int
   stride: int
   dtype: Any
+  bn_fast_variance: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool):
     conv = functools.partial(layers.conv, dtype=self.dtype, init=layers.kaiming_normal_fan_out)
-    activated = nn.relu(layers.batch_norm(train, self.dtype)(x))
+    activated = nn.relu(layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance)(x))
     equal = x.shape[-1] == self.features
     out = conv(self.features, 3, self.stride)(activated)
-    out = nn.relu(layers.batch_norm(train, self.dtype)(out))
+    out = nn.relu(layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance)(out))
     out = conv(self.features, 3, 1)(out)
     shortcut = x if equal else conv(self.features, 1, self.stride, name='shortcut')(activated)
     return out + shortcut
@@ -38,6 +39,7 @@ class WideResNet(nn.Module):
   widen_factor: int = 10
   stem_stride: int = 1  # 2 for 64x64 Tiny-ImageNet, as RPAT_Benchmarks' WRN.
   dtype: Any = jnp.float32
+  bn_fast_variance: bool = True  # BatchNorm's one-pass batch variance (layers.batch_norm).
 
   @property
   def stage_sizes(self) -> Tuple[int, ...]:
@@ -52,6 +54,7 @@ class WideResNet(nn.Module):
                     name='stem')(x.astype(self.dtype))
     for group, stride in enumerate((1, 2, 2)):
       for i in range(per_group):
-        x = WideBlock(16 * 2 ** group * self.widen_factor, stride if i == 0 else 1, self.dtype)(x, train)
-    x = nn.relu(layers.batch_norm(train, self.dtype, name='final_bn')(x))
+        x = WideBlock(16 * 2 ** group * self.widen_factor, stride if i == 0 else 1, self.dtype,
+                      self.bn_fast_variance)(x, train)
+    x = nn.relu(layers.batch_norm(train, self.dtype, fast_variance=self.bn_fast_variance, name='final_bn')(x))
     return layers.Head(self.num_classes, self.dtype, zero_bias=True)(x)
