@@ -27,6 +27,20 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
 
 
+def _summary_writer():
+  """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch (1-3 s) only to accept
+  torch tensors, and we write floats. A torch imported before stays; one imported later loads as usual."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX handles.
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class MetricsLog:
 
   def __init__(self, workdir: str, resume_epoch: int):
@@ -42,8 +56,7 @@ class MetricsLog:
       with open(self._path, 'w') as f:
         f.writelines(rows)
     try:
-      from tensorboardX import SummaryWriter  # Optional: the JSONL file is the record.
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = _summary_writer()(os.path.join(workdir, 'tensorboard'))
     except ImportError:  # pragma: no cover
       logging.warning('tensorboardX is not installed: no TensorBoard events are written.')
 

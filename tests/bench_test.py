@@ -153,9 +153,19 @@ def test_eval_bench_prints_every_key(tmp_path):
     (['--steps=0'], '--steps'),
     (['--torch', '--config.method=trades'], 'method'),  # Before any of our work: the twin is PGD-AT only.
 ])
-def test_bad_flags_fail_in_one_line(tmp_path, flags, message):
+def test_bad_flags_fail_in_one_line(flags, message, capsys, monkeypatch):
+  """The command's main on flags of its own (in this process): exit 2 and one line, before any work."""
   if '--torch' in flags:
     pytest.importorskip('torch')
-  result, _ = _bench(tmp_path, *flags)
-  assert result.returncode == 2
-  assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+  from absl import flags as absl_flags  # pylint: disable=import-outside-toplevel
+  from rpat_jax.bench import __main__ as bench_main  # pylint: disable=import-outside-toplevel
+  flag_values = absl_flags.FlagValues()
+  cli = bench_main.define_flags(flag_values)
+  argv = ['bench', f'--config={os.path.join(ROOT, "configs", "smoke.py")}', *flags]
+  monkeypatch.setattr(sys, 'argv', argv)  # ml_collections reads the --config.* overrides from sys.argv.
+  flag_values(argv)
+  with pytest.raises(SystemExit) as exit_info:
+    bench_main.main(['bench'], cli)
+  assert exit_info.value.code == 2
+  stderr = capsys.readouterr().err
+  assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr[-2000:]

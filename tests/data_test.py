@@ -110,13 +110,22 @@ def test_a_missing_dataset_says_how_to_prepare_it(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get('RPAT_TFDS_DIR'), reason='RPAT_TFDS_DIR (a data_dir with cifar10_jpeg) unset')
 def test_cifar10_jpeg(tmp_path):
+  """The real (JPEG) CIFAR-10 copy: split sizes and classes from its metadata, and 5,000 training rows
+  and 1,000 test rows read in the order asked (the whole-split decode and cache are tested above)."""
   config = default.get_config().data
   config.name, config.data_dir, config.cache_dir = 'cifar10_jpeg', os.environ['RPAT_TFDS_DIR'], str(tmp_path)
-  dataset = data.load_dataset(config)
-  assert dataset.train_images.shape == (50000, 32, 32, 3) and dataset.test_images.shape == (10000, 32, 32, 3)
-  assert dataset.num_classes == 10
-  np.testing.assert_array_equal(np.bincount(dataset.train_labels), [5000] * 10)
-  np.testing.assert_array_equal(np.bincount(dataset.test_labels), [1000] * 10)
+  info = data.describe(config)
+  assert (info.num_train, info.num_test, info.image_shape, info.num_classes) == (50000, 10000, (32, 32, 3), 10)
+  rows = np.random.default_rng(0).choice(50000, 5000, replace=False)
+  images, labels = data.load_rows(config, 'train', rows)
+  assert images.shape == (5000, 32, 32, 3) and images.dtype == np.uint8 and 0 < images.mean() < 255
+  counts = np.bincount(labels, minlength=10)
+  assert counts.shape == (10,) and counts.min() > 400  # A balanced dataset: 500 of each class expected.
+  again, again_labels = data.load_rows(config, 'train', rows[::-1])
+  np.testing.assert_array_equal(again, images[::-1])
+  np.testing.assert_array_equal(again_labels, labels[::-1])
+  test_images, test_labels = data.load_rows(config, 'test', np.arange(1000))
+  assert test_images.shape == (1000, 32, 32, 3) and set(np.unique(test_labels)) == set(range(10))
 
 
 def _fake_tiny_imagenet(root, rng):

@@ -16,14 +16,15 @@ SMALL_AA = {'apgd-ce': {'n_iter': 5}, 'apgd-t': {'n_iter': 5, 'n_target_classes'
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
+  """One epoch of the tiny config with a weight average (decay 0.5): (config, workdir, final state)."""
   workdir = str(tmp_path_factory.mktemp('run'))
-  config = tiny_config(epochs=1)
-  train.train_and_evaluate(config, workdir)
-  return config, workdir
+  config = tiny_config(epochs=1, **{'ema.enabled': True, 'ema.decay': 0.5})
+  state = train.train_and_evaluate(config, workdir)
+  return config, workdir, state
 
 
 def test_results_have_every_number_and_agree_with_each_other(trained):
-  config, workdir = trained
+  config, workdir, _ = trained
   with xla_optimized():  # Training compiled fast; AutoAttack's loops run fast.
     results = evaluate.run(config, workdir, n_examples=48, aa_options=SMALL_AA, batch_size=32)
   with open(os.path.join(workdir, 'eval', 'results.json')) as f:
@@ -54,10 +55,8 @@ def test_cli_rejects_unknown_attacks_with_one_line(tmp_path):
 def test_the_weight_average_is_trained_checkpointed_and_evaluated_when_asked(tmp_path, trained):
   import jax.numpy as jnp
   import numpy as np
-  from rpat_jax import data
-  workdir = str(tmp_path)
-  config = tiny_config(epochs=1, **{'ema.enabled': True, 'ema.decay': 0.5})
-  state = train.train_and_evaluate(config, workdir)
+  from rpat_jax import checkpointing, data, experiment
+  config, workdir, state = trained
   row = json.loads(open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()[-1])
   assert {'test_ema_clean_acc', 'test_ema_pgd_acc', 'test_clean_acc'} <= set(row)
   options = {'apgd-ce': {'n_iter': 3, 'n_restarts': 1}}
@@ -71,7 +70,10 @@ def test_the_weight_average_is_trained_checkpointed_and_evaluated_when_asked(tmp
   logits = forward.eval_logits(state.ema['params'], state.ema['batch_stats'], x)
   expected = float(np.mean(np.asarray(logits).argmax(1) == dataset.test_labels[:32]))
   assert results['clean_acc'] == pytest.approx(expected)
-  _, plain_workdir = trained
+  plain = tiny_config(epochs=1)  # A checkpoint without a weight average: --ema is refused in one line.
+  checkpoints = checkpointing.Checkpoints(str(tmp_path), keep=1)
+  checkpoints.save(1, experiment.create(plain).init_state(), {'epoch': 1, 'best_pgd_acc': 0.0, 'best_epoch': 1}, True)
+  checkpoints.close()
   with pytest.raises(ValueError, match='no weight average'):
-    evaluate.run(tiny_config(epochs=1), plain_workdir, n_examples=32, aa_version='custom',
-                 attack_names=['apgd-ce'], aa_options=options, batch_size=32, ema=True)
+    evaluate.run(plain, str(tmp_path), n_examples=32, aa_version='custom', attack_names=['apgd-ce'],
+                 aa_options=options, batch_size=32, ema=True)

@@ -33,9 +33,11 @@ def test_training_learns_and_records(tmp_path):
 
 
 def test_resume_gives_the_uninterrupted_result(tmp_path):
-  straight = train.train_and_evaluate(tiny_config(epochs=2), str(tmp_path / 'straight'))
-  train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path / 'resumed'))
-  resumed = train.train_and_evaluate(tiny_config(epochs=2), str(tmp_path / 'resumed'))
+  """Also across the start of a delayed RPAT (epoch 2): the loop switches steps at the epoch, as [B]."""
+  delayed = {'rpat.start_epoch': 1}
+  straight = train.train_and_evaluate(tiny_config(epochs=2, **delayed), str(tmp_path / 'straight'))
+  train.train_and_evaluate(tiny_config(epochs=1, **delayed), str(tmp_path / 'resumed'))
+  resumed = train.train_and_evaluate(tiny_config(epochs=2, **delayed), str(tmp_path / 'resumed'))
   assert int(resumed.step) == int(straight.step) == 8
   chex.assert_trees_all_close(resumed.params, straight.params, atol=1e-6, rtol=0)
   chex.assert_trees_all_close(resumed.batch_stats, straight.batch_stats, atol=1e-6, rtol=0)
@@ -44,6 +46,9 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
   assert [r['epoch'] for r in b] == [1, 2]
   for key in ('train_loss', 'test_clean_acc', 'test_pgd_acc'):
     np.testing.assert_allclose(a[-1][key], b[-1][key], atol=1e-6)
+  for rows in (a, b):  # RPAT from the second epoch: no RPAT forwards, so no RPAT metrics, before it.
+    assert 'train_rpat_loss' not in rows[0] and 'train_clean_acc' not in rows[0]
+    assert rows[1]['train_rpat_loss'] > 0 and 'train_clean_acc' in rows[1]
 
 
 def test_a_finished_run_restarted_does_nothing_more(tmp_path):
