@@ -5,8 +5,9 @@ from `rpat_jax.defaults.get_config()` and changes only what differs. The recipe 
 RPAT_Benchmarks one ([B], FlaAI/RPAT; docs/fidelity.md): SGD lr 0.1, momentum 0.9, coupled weight
 decay 5e-4 on all parameters, batch 128, 110 epochs with the learning rate x0.1 at epochs 100 and 105,
 PGD-10 training attack with BatchNorm in eval mode, zero-padded random crop + flip, no input
-normalisation, lambda = 1.0 in the code's MSE scale at interpolation rate 0.5. Per-model files (`configs/prn18.py`, `resnet18.py`, `wrn.py`, `smoke.py`) start
-from this. Every key can be overridden: `--config.rpat.lam=0.5`.
+normalisation, lambda = 1.0 in the code's MSE scale at interpolation rate 0.5. Per-model files
+(`configs/prn18.py`, `resnet18.py`, `wrn.py`, `smoke.py`) start from this. Every key can be overridden:
+`--config.rpat.lam=0.5`.
 """
 
 import ml_collections
@@ -37,7 +38,7 @@ def get_config():
   # resnet18_bottleneck, wide_resnet: 1 for 32x32, 2 for 64x64 inputs ([B]); preact_resnet18_benchmarks is
   # always 2, as [B]'s pre_resnet18.
   config.model.stem_stride = 1
-  # BatchNorm's batch variance: True, one pass E[x^2] - E[x]^2 (Flax's default; 11% faster on a CPU);
+  # BatchNorm's batch variance: True, one pass E[x^2] - E[x]^2 (Flax's default; 10% faster on a CPU);
   # False, two passes mean((x - mean)^2) as PyTorch (exact when a channel's mean dwarfs its spread).
   config.model.bn_fast_variance = True
   # Input normalisation inside the forward pass. The official RPAT_Benchmarks code has none (False);

@@ -4,9 +4,10 @@ The suite compiles hundreds of small programs and runs most of them a few times,
 of its time. Two settings, also inherited by the processes tests start (environment variables):
 - XLA's optimisations off (`jax_disable_most_optimizations`, and XLA:CPU's older elemental emitters,
   `--xla_cpu_use_fusion_emitters=false`, which compile such programs twice as fast): compiles take a
-  fifth of the time, and the tests' tiny programs run about as fast. Tests whose time goes into running long attack loops
-  (AutoAttack) are marked `xla_optimized` and keep them. Every comparison in the suite is between
-  programs compiled the same way, or against a reference at a tolerance that does not depend on fusion.
+  fifth of the time, and the tests' tiny programs run about as fast. Tests whose time goes into running
+  long attack loops (AutoAttack) are marked `xla_optimized` and keep the optimisations (the emitter flag
+  is process-wide and stays). Every comparison in the suite is between programs compiled the same way,
+  or against a reference at a tolerance that does not depend on fusion.
   RPAT_TEST_OPTIMIZE=1 runs every test with XLA's optimisations on.
 - a persistent compilation cache shared by the xdist workers and subprocesses of one session, so that
   identical programs (the same tiny step in several tests) compile once.
@@ -21,7 +22,7 @@ import tempfile
 
 _OPTIMIZE_ALL = os.environ.get('RPAT_TEST_OPTIMIZE') == '1'
 os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '0' if _OPTIMIZE_ALL else '1'
-_FAST_EMITTERS = '--xla_cpu_use_fusion_emitters=false'  # No effect on what an optimised compile produces.
+_FAST_EMITTERS = '--xla_cpu_use_fusion_emitters=false'  # XLA:CPU's elemental emitters: fast to compile.
 if not _OPTIMIZE_ALL and _FAST_EMITTERS not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_FAST_EMITTERS}'.strip()
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # The first process of the session makes it, and removes it.
@@ -36,8 +37,10 @@ import pytest  # noqa: E402
 # JAX reads these variables when it is imported; set them again in case a plugin imported it first.
 jax.config.update('jax_disable_most_optimizations', os.environ.get('JAX_DISABLE_MOST_OPTIMIZATIONS') == '1')
 jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
-jax.config.update('jax_persistent_cache_min_compile_time_secs', float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
-jax.config.update('jax_persistent_cache_min_entry_size_bytes', int(os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES']))
+jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                  float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
+jax.config.update('jax_persistent_cache_min_entry_size_bytes',
+                  int(os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES']))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `configs` is imported as a package from the repository root.
