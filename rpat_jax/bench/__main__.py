@@ -102,8 +102,9 @@ def _torch_rows(row, context, torch_step, cli):
   rows = {}
   for mode in cli.torch_modes.value:
     batch = cli.reference_batch_size.value if mode == 'reference' else cli.batch_size.value
-    result = torch_step.time_mode(config, context['variables'], context['num_classes'], context['image_shape'],
-                                  mode, batch, cli.steps.value, max(cli.warmup.value, 1), config.seed)
+    result = torch_step.time_mode(config, context['variables'], num_classes=context['num_classes'],
+                                  image_shape=context['image_shape'], mode=mode, batch_size=batch,
+                                  steps=cli.steps.value, warmup=max(cli.warmup.value, 1), seed=config.seed)
     result['jax_speedup'] = row['images_per_second'] / result['images_per_second']
     rows[mode] = result
   import torch  # pylint: disable=import-outside-toplevel

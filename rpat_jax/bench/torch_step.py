@@ -158,7 +158,7 @@ def make_step(config, model: torch.nn.Module, mode: str, generator: torch.Genera
   return step
 
 
-def time_mode(config, variables, num_classes: int, image_shape, mode: str, batch_size: int, steps: int,
+def time_mode(config, variables, *, num_classes: int, image_shape, mode: str, batch_size: int, steps: int,
               warmup: int, seed: int = 0) -> Dict:
   """Builds the twin, runs `warmup` untimed steps (compilation in `tuned`), then times `steps` steps.
 
