@@ -7,13 +7,11 @@ on the devices (each process reading only the rows its devices hold).
 """
 
 import dataclasses
-import functools
 from typing import Optional, Tuple
 
 import jax
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
 from rpat_jax import config_validation
@@ -33,14 +31,10 @@ class Experiment:
   forward: Forward
   steps_per_epoch: int
 
-  @functools.cached_property
-  def tx(self) -> optax.GradientTransformation:
-    return optim.make_optimizer(self.config, self.steps_per_epoch)
-
   def init_state(self) -> steps.TrainState:
     """The initial train state of `config.seed`, replicated over the mesh (the structure a checkpoint
     restores into)."""
-    tx = self.tx  # Built outside the trace: the step closes over it.
+    tx = optim.make_optimizer(self.config, self.steps_per_epoch)  # Outside the trace: the state keeps it.
     create_state = lambda: steps.create_train_state(self.config, self.forward, tx, self.info.image_shape)
     return jax.jit(create_state, out_shardings=parallel.replicated(self.mesh))()
 

@@ -86,12 +86,10 @@ def xla_optimized():
 @pytest.fixture(autouse=True)
 def _xla_optimizations(request):
   """XLA's optimisations on for tests marked `xla_optimized` (or every test with RPAT_TEST_OPTIMIZE=1)."""
-  marked = request.node.get_closest_marker('xla_optimized') is not None
-  if marked and not _OPTIMIZE_ALL:
-    _optimize(True)
+  if request.node.get_closest_marker('xla_optimized') is None:
     yield
-    _optimize(False)
-  else:
+    return
+  with xla_optimized():
     yield
 
 

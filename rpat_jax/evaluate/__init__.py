@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rpat_jax import attacks
 from rpat_jax import autoattack
 from rpat_jax import config_validation
 from rpat_jax import data
@@ -32,9 +31,6 @@ from rpat_jax.evaluate.pgd import make_robustness
 from rpat_jax.evaluate.variables import restore_variables
 
 __all__ = ['run', 'summary', 'markdown_table', 'pgd_accuracies', 'make_robustness', 'restore_variables']
-
-PGD_STEPS = attacks.EVAL_PGD_STEPS
-
 
 def summary(clean: float, robust: float):
   """Mean = (C + A) / 2 and NRR = 2CA / (C + A), the paper's trade-off numbers."""
