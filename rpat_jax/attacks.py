@@ -47,7 +47,13 @@ def clip_to_image(x: jax.Array, delta: jax.Array) -> jax.Array:
 
 
 def random_start(key: jax.Array, x: jax.Array, *, norm: str, eps: float) -> jax.Array:
-  """A random initial perturbation inside the threat set, as advertorch's `rand_init_delta`."""
+  """A random initial perturbation inside the threat set, as advertorch's `rand_init_delta`.
+
+  key: one key for the batch, or one typed key per point ([B]): then each point's start depends only on its
+  own key, not on which batch it is in.
+  """
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1:
+    return jax.vmap(lambda k, point: random_start(k, point[None], norm=norm, eps=eps)[0])(key, x)
   if norm == 'linf':
     delta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
   elif norm == 'l2':
@@ -68,7 +74,7 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, *,
 
   Args:
     logits_fn: x [B, H, W, C] -> logits [B, K].
-    key: PRNG key for the random start.
+    key: PRNG key for the random start (or [B] keys, one per point).
     x: clean images [B, H, W, C] float32 in [0, 1].
     labels: [B] int labels.
     norm: 'linf' or 'l2'.

@@ -44,6 +44,16 @@ def _positive(key: str, value, kind=float):
           f'{key}={value!r} must be a positive {"number" if kind is float else "integer"}')
 
 
+def _non_negative(key: str, value):
+  require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and math.isfinite(value),
+          f'{key}={value!r} must be a number >= 0')
+
+
+def _fraction(key: str, value):
+  require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,
+          f'{key}={value!r}; allowed: a number in [0, 1)')
+
+
 def _budget(key: str, value, norm: str):
   _positive(key, value)
   limit = PIXEL_UNIT_LIMITS[norm]
@@ -76,6 +86,12 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
     require(data.dataset_available(config.data.name, config.data.data_dir),
              f'data.name={config.data.name!r} is not prepared in data.data_dir={config.data.data_dir!r}; '
              'allowed: synthetic, or a TFDS dataset prepared there (see the README, "Data")')
+  if config.data.name == 'synthetic':
+    _positive('data.synthetic.num_train', config.data.synthetic.num_train, int)
+    _positive('data.synthetic.num_test', config.data.synthetic.num_test, int)
+    _positive('data.synthetic.image_size', config.data.synthetic.image_size, int)
+    require(isinstance(config.data.synthetic.num_classes, int) and config.data.synthetic.num_classes >= 2,
+            f'data.synthetic.num_classes={config.data.synthetic.num_classes!r} must be an integer >= 2')
   choice('data.pad_mode', config.data.pad_mode, PAD_MODES)
   require(isinstance(config.data.padding, int) and config.data.padding >= 0,
           f'data.padding={config.data.padding!r} must be an integer >= 0')
@@ -115,7 +131,23 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
           f'consistency.lam={config.consistency.lam!r}; allowed: None (= rpat.lam) or a number >= 0')
 
   _positive('optimizer.lr', config.optimizer.lr)
+  _fraction('optimizer.momentum', config.optimizer.momentum)
+  require(isinstance(config.optimizer.nesterov, bool), f'optimizer.nesterov={config.optimizer.nesterov!r}; allowed: '
+          'True, False')
+  _non_negative('optimizer.weight_decay', config.optimizer.weight_decay)
   choice('schedule.name', config.schedule.name, SCHEDULES)
+  if config.schedule.name == 'multistep':
+    milestones = config.schedule.milestones
+    require(isinstance(milestones, (tuple, list)) and all(isinstance(m, int) and m > 0 for m in milestones)
+            and list(milestones) == sorted(set(milestones)),
+            f'schedule.milestones={milestones!r}; allowed: increasing positive epoch numbers, e.g. (100, 105)')
+    _positive('schedule.factor', config.schedule.factor)
+  if config.schedule.name == 'rebat_piecewise':
+    _positive('schedule.stage1', config.schedule.stage1, int)
+    _positive('schedule.stage2', config.schedule.stage2, int)
+    require(config.schedule.stage1 <= config.schedule.stage2,
+            f'schedule.stage1={config.schedule.stage1} is after schedule.stage2={config.schedule.stage2}')
+    _positive('schedule.lr_factor', config.schedule.lr_factor)
   _positive('eval.batch_size', config.eval.batch_size, int)
   require(device_count is None or config.eval.batch_size % device_count == 0,
           f'eval.batch_size={config.eval.batch_size} (global) is not divisible by the {device_count} devices '
@@ -129,4 +161,7 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
   require(isinstance(config.ema.start_epoch, int) and config.ema.start_epoch >= 0,
           f'ema.start_epoch={config.ema.start_epoch!r} must be an integer >= 0')
   _positive('checkpoint.keep', config.checkpoint.keep, int)
+  require(isinstance(config.checkpoint.every_minutes, (int, float)) and config.checkpoint.every_minutes >= 0
+          and math.isfinite(config.checkpoint.every_minutes),
+          f'checkpoint.every_minutes={config.checkpoint.every_minutes!r} must be a number >= 0 (0 = off)')
   choice('log.progress', config.log.progress, PROGRESS)

@@ -141,6 +141,9 @@ def get_config():
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 3  # The last N epochs are kept; the best by test PGD accuracy separately.
+  # Also checkpoint the exact step every N minutes inside an epoch (0 = only at epoch ends and on
+  # SIGTERM/SIGINT): a run killed without warning loses at most this much.
+  config.checkpoint.every_minutes = 30.0
 
   config.log = ml_collections.ConfigDict()
   config.log.progress = 'auto'  # 'auto' (a bar on a terminal, lines otherwise), 'bar', 'lines', 'none'.

@@ -113,3 +113,18 @@ def check_same_everywhere(name: str, value) -> None:
     raise DistributedError(f'{name} differs between processes: process {jax.process_index()} disagrees with '
                            f'process(es) {", ".join(map(str, differing))}; start every process with the same '
                            f'{name}')
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (nothing to wait for with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is True on any: the processes agree on when to stop or save."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())

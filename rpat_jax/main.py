@@ -3,13 +3,13 @@
   python -m rpat_jax.main --config=configs/smoke.py --workdir=/tmp/rpat_smoke
   python -m rpat_jax.main --config=configs/prn18.py --workdir=runs/prn18_rpat --config.rpat.lam=0.5
 
-Running the same command again resumes from the last checkpoint in `workdir`. On several hosts, run
-the same command in every process (see launch/): `--distributed`, `--coordinator_address`,
-`--num_processes`, `--process_id`, `--init_timeout` (rpat_jax/distributed.py).
+Running the same command again resumes from the newest checkpoint in `workdir`. SIGTERM or Ctrl-C saves
+the current step and exits with status 128 + signal; bad input (flags, config, a workdir that cannot be
+written, is in use, or holds a run with another config) is one line and status 2; a failed save or a
+non-finite loss is one line and status 1. On several hosts, run the same command in every process (see
+launch/): `--distributed`, `--coordinator_address`, `--num_processes`, `--process_id`, `--init_timeout`.
 """
 
-import functools
-import sys
 import types
 
 import jax
@@ -18,12 +18,19 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from rpat_jax import checkpointing
+from rpat_jax import cli as cli_lib
 from rpat_jax import config_validation
 from rpat_jax import data
 from rpat_jax import distributed
 from rpat_jax import metrics_log
+from rpat_jax import paths
+from rpat_jax import preemption
+from rpat_jax import run_config
 from rpat_jax import threats
 from rpat_jax import train
+
+PROG = 'rpat_jax'
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
@@ -52,10 +59,14 @@ def main(argv, cli) -> None:
     distributed.check_same_everywhere('--workdir', cli.workdir.value)
     config_validation.validate(config, jax.device_count())
     train.train_and_evaluate(config, cli.workdir.value)
-  except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError) as error:
-    print(f'rpat_jax: error: {error}', file=sys.stderr)
-    sys.exit(2)
+  except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError, paths.PathError,
+          run_config.ConfigChangeError, train.SetupRefused) as error:
+    cli_lib.fail(PROG, error)
+  except (checkpointing.CheckpointError, train.NonFiniteLossError) as error:
+    cli_lib.fail(PROG, error, status=1)
+  except preemption.Preempted as stopped:
+    cli_lib.fail(PROG, stopped, status=stopped.exit_status, label='preempted')
 
 
 if __name__ == '__main__':
-  app.run(functools.partial(main, cli=define_flags()))
+  cli_lib.run_app(PROG, main, define_flags())

@@ -2,11 +2,13 @@
 
 Only process 0 writes files. A resumed run first drops JSONL rows of epochs after the checkpoint it
 restored (a run killed between writing a row and finishing the checkpoint would otherwise repeat it).
+`metrics.jsonl` is rewritten whole, atomically, after each epoch (object stores cannot append; the file
+is small). TensorBoard events go where tensorboardX can write: a local workdir, or gs:// / s3:// with its
+cloud clients installed; elsewhere a warning says there are none.
 """
 
 import json
 import logging as std_logging
-import os
 import sys
 import time
 from typing import Any, Dict
@@ -14,17 +16,39 @@ from typing import Any, Dict
 import jax
 from absl import logging
 
+from rpat_jax import paths
+
 
 class _OwnInfoOnly(std_logging.Filter):
-  """Keeps our INFO lines and everyone's warnings: Orbax and JAX log every save and backend probe at INFO."""
+  """Keeps our INFO lines and everyone's warnings: Orbax and JAX log every save and backend probe at INFO.
+
+  Orbax's own errors (and asyncio's, from its reads of a damaged checkpoint) are dropped too: each one is a
+  failed save or read that `checkpointing` reports in one line with what to do, instead of a traceback.
+  """
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or '/rpat_jax/' in record.pathname.replace('\\', '/')
+    path = record.pathname.replace('\\', '/')
+    if record.name == 'asyncio' or ('/orbax/' in path and record.levelno < std_logging.CRITICAL):
+      return False
+    return record.levelno >= std_logging.WARNING or '/rpat_jax/' in path
+
+
+def _closed_loop_error(exc_type, value) -> bool:
+  return exc_type is RuntimeError and str(value) == 'Event loop is closed'
 
 
 def quiet_library_logs() -> None:
-  """For the command-line tools: only rpat_jax logs at INFO."""
+  """For the command-line tools: only rpat_jax logs at INFO. After a failed asynchronous checkpoint write,
+  TensorStore's remaining write callbacks report 'Event loop is closed' as unraisable errors (tracebacks
+  on stderr); they say nothing the one-line report does not, so they are dropped."""
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  previous = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    if not _closed_loop_error(unraisable.exc_type, unraisable.exc_value):
+      previous(unraisable)
+
+  sys.unraisablehook = unraisablehook
 
 
 def _summary_writer():
@@ -43,22 +67,26 @@ def _summary_writer():
 
 class MetricsLog:
 
-  def __init__(self, workdir: str, resume_epoch: int):
+  def __init__(self, workdir: paths.PathLike, resume_epoch: int):
     self._writes = jax.process_index() == 0
-    self._path = os.path.join(workdir, 'metrics.jsonl')
+    workdir = paths.as_path(workdir)
+    self._path = workdir / 'metrics.jsonl'
     self._tb = None
+    self._rows = []
     if not self._writes:
       return
-    os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(self._path):
-      with open(self._path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line)['epoch'] <= resume_epoch]
-      with open(self._path, 'w') as f:
-        f.writelines(rows)
+    if self._path.exists():
+      self._rows = [line for line in self._path.read_text().splitlines()
+                    if line.strip() and json.loads(line)['epoch'] <= resume_epoch]
+      paths.write_atomic(self._path, ''.join(row + '\n' for row in self._rows))
+    if paths.is_remote(workdir) and not str(workdir).startswith(('gs://', 's3://')):
+      logging.warning('TensorBoard events are not written to %s (tensorboardX writes locally, gs:// or s3://).',
+                      workdir)
+      return
     try:
-      self._tb = _summary_writer()(os.path.join(workdir, 'tensorboard'))
-    except ImportError:  # pragma: no cover
-      logging.warning('tensorboardX is not installed: no TensorBoard events are written.')
+      self._tb = _summary_writer()(str(workdir / 'tensorboard'))
+    except ImportError as error:  # pragma: no cover
+      logging.warning('No TensorBoard events are written: %s', paths.describe_error(error))
 
   def write(self, row: Dict[str, Any]) -> None:
     logging.info('epoch %d: %s', row['epoch'],
@@ -66,8 +94,8 @@ class MetricsLog:
                            if k != 'epoch'))
     if not self._writes:
       return
-    with open(self._path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    self._rows.append(json.dumps(row))
+    paths.write_atomic(self._path, ''.join(line + '\n' for line in self._rows))
     if self._tb is not None:
       for key, value in row.items():
         if key not in ('epoch', 'step') and isinstance(value, (int, float)):

@@ -1,14 +1,18 @@
 """The training loop: data on the device, one compiled step, per-epoch evaluation and checkpoints.
 
-Resume precedence: a checkpoint in `workdir/checkpoints` always wins; otherwise training starts from
-`config.seed`. Everything random is a function of the run key and the step (the data order of epoch e
-is a permutation keyed by (data key, e)), so a resumed run repeats an uninterrupted one exactly.
+Resume precedence: the newest readable checkpoint in the workdir (an epoch's, or a mid-epoch one written on
+SIGTERM/SIGINT or every `checkpoint.every_minutes`) always wins; otherwise training starts from
+`config.seed`. Everything random is a function of the run key and the step (the data order of epoch e is a
+permutation keyed by (data key, e)), so a resumed run repeats an uninterrupted one exactly, also from the
+middle of an epoch (the epoch's per-step metrics so far are in the checkpoint).
+
+Before anything is built the workdir is made and proved writable, locked against a second run, and its
+`config.json` compared with the config (`run_config`); every failure is one line (`main` prints it).
 """
 
-import math
-import os
+import dataclasses
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +21,14 @@ import numpy as np
 from absl import logging
 
 from rpat_jax import checkpointing
+from rpat_jax import distributed
 from rpat_jax import metrics_log
 from rpat_jax import parallel
+from rpat_jax import paths
+from rpat_jax import preemption
+from rpat_jax import run_config
 from rpat_jax import steps
+from rpat_jax import workdir_lock
 from rpat_jax.experiment import Experiment
 from rpat_jax.experiment import create as create_experiment
 
@@ -68,30 +77,107 @@ def compile_evaluate(experiment: Experiment, state, eval_data):
                  out_shardings=parallel.replicated(experiment.mesh)).lower(state, *eval_data).compile()
 
 
-def _mean_metrics(step_metrics) -> Dict[str, float]:
-  host = jax.device_get(step_metrics)
-  return {key: float(np.mean([m[key] for m in host])) for key in host[0]}
+class NonFiniteLossError(FloatingPointError):
+  """A training metric became NaN or infinite; the message is one line naming the step and the terms."""
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final state."""
+class SetupRefused(RuntimeError):
+  """Process 0 refused the workdir; the other processes raise this with a pointer to its message."""
+
+
+def _first_non_finite(host_metrics: List[Dict[str, Any]], first_step: int) -> Optional[str]:
+  """'step N: loss, rpat_loss' for the first step with a non-finite metric, or None."""
+  for offset, metrics in enumerate(host_metrics):
+    bad = [key for key, value in metrics.items() if not np.all(np.isfinite(value))]
+    if bad:
+      return f'step {first_step + offset}: {", ".join(sorted(bad))}'
+  return None
+
+
+def _mean_metrics(host_metrics: List[Dict[str, Any]]) -> Dict[str, float]:
+  return {key: float(np.mean([np.float32(m[key]) for m in host_metrics])) for key in host_metrics[0]}
+
+
+def _on_process_zero(setup):
+  """Runs `setup()` on process 0 only; if it raises there, every process raises (none waits forever)."""
+  error = None
+  if jax.process_index() == 0:
+    try:
+      setup()
+    except Exception as caught:  # pylint: disable=broad-except  # Re-raised below, on every process.
+      error = caught
+  if distributed.any_process(error is not None):
+    raise error if error is not None else SetupRefused('process 0 refused the workdir; see its message')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike,
+                       stop_signals: Optional[preemption.StopSignals] = None) -> steps.TrainState:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final state.
+
+  Raises (each with a one-line message): paths.PathError (workdir not writable or reachable),
+  workdir_lock.WorkdirBusyError, run_config.ConfigChangeError, checkpointing.CheckpointError (nothing
+  readable to resume, or a save failed), NonFiniteLossError, and preemption.Preempted once a signal in
+  `stop_signals` ended the run with a checkpoint of its last step.
+  """
+  workdir = paths.as_path(workdir)
+  lock = None
+
+  def take_workdir():
+    nonlocal lock
+    paths.make_dir(workdir)
+    lock = workdir_lock.WorkdirLock(workdir)
+    run_config.check_resume(config, workdir)
+
+  _on_process_zero(take_workdir)
+  try:
+    return _train(config, workdir, lock, stop_signals or preemption.StopSignals())
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+@dataclasses.dataclass
+class _Loop:
+  """What the epochs share: the compiled steps, the data, the checkpoints and the stop/save triggers."""
+  config: Any
+  experiment: Experiment
+  checkpoints: checkpointing.Checkpoints
+  lock: Optional[workdir_lock.WorkdirLock]
+  stop: preemption.StopSignals
+  train_images: Any
+  train_labels: Any
+  last_save: float = 0.0
+
+  def timed_save_due(self) -> bool:
+    minutes = self.config.checkpoint.every_minutes
+    return bool(minutes) and time.monotonic() - self.last_save >= 60 * minutes
+
+
+def _train(config, workdir, lock, stop) -> steps.TrainState:
   experiment = create_experiment(config)
   config, info = experiment.config, experiment.info
   state = experiment.init_state()
+  steps_per_epoch = experiment.steps_per_epoch
   logging.info('%s: %d parameters, %d classes, %d train / %d test images, %d steps per epoch, %d devices '
                'in %d processes', config.model.name, sum(p.size for p in jax.tree.leaves(state.params)),
-               info.num_classes, info.num_train, info.num_test, experiment.steps_per_epoch, jax.device_count(),
+               info.num_classes, info.num_train, info.num_test, steps_per_epoch, jax.device_count(),
                jax.process_count())
 
-  os.makedirs(workdir, exist_ok=True)
+  if config.schedule.name == 'multistep' and any(m >= config.epochs for m in config.schedule.milestones):
+    logging.warning('schedule.milestones %s: those >= epochs=%d are not reached in this run (they would be if '
+                    'it is extended).', tuple(config.schedule.milestones), config.epochs)
   checkpoints = checkpointing.Checkpoints(workdir, config.checkpoint.keep)
   meta = {'epoch': 0, 'best_pgd_acc': -1.0, 'best_epoch': 0}
-  if checkpoints.latest_epoch() is not None:
-    state, meta = checkpoints.restore(state)
-    logging.info('Resumed from %s at epoch %d (step %d).', workdir, meta['epoch'], int(state.step))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  resumed = checkpoints.restore_latest(state, steps_per_epoch)
+  if resumed is not None:
+    state, meta = resumed
+    logging.info('Resumed from %s at step %d (epoch %d, step %d of %d).', workdir, int(state.step),
+                 int(state.step) // steps_per_epoch + 1, int(state.step) % steps_per_epoch, steps_per_epoch)
+  earlier = meta.pop('epoch_metrics', None)  # A mid-epoch checkpoint: the epoch's metrics so far.
+  earlier_seconds = meta.pop('epoch_seconds', 0.0)
+  meta.pop('step', None)
+  if jax.process_index() == 0:  # The run is consistent: record (or extend) its config.
+    run_config.write(config, workdir)
 
   # Each process reads only the rows its devices hold; the arrays stay on the devices for the whole run.
   train_images, train_labels = experiment.train_data()
@@ -107,61 +193,119 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                                                   with_rpat=with_rpat)
     return epoch_steps[with_rpat]
 
-  if meta['epoch'] < config.epochs:
-    epoch_step_for(meta['epoch'])
+  first_epoch = int(state.step) // steps_per_epoch
+  if first_epoch < config.epochs:
+    epoch_step_for(first_epoch)
   evaluate = compile_evaluate(experiment, state, eval_data)
   logging.info('Compiled the train step and the evaluation in %.1fs.', time.perf_counter() - compile_start)
 
+  loop = _Loop(config, experiment, checkpoints, lock, stop, train_images, train_labels, time.monotonic())
   log = metrics_log.MetricsLog(workdir, resume_epoch=meta['epoch'])
-  for epoch in range(meta['epoch'], config.epochs):
-    row = _train_epoch(config, epoch_step_for(epoch), state, train_images, train_labels,
-                       experiment.steps_per_epoch, epoch)
-    state = row.pop('state')
-    if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.epochs:
-      eval_start = time.perf_counter()
-      sums = jax.device_get(evaluate(state, *eval_data))
-      row['test_clean_acc'] = float(sums['clean_correct'] / sums['count'])
-      row['test_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
-      if config.ema.enabled:  # The weight average, evaluated the same way (same points, same key).
-        sums = jax.device_get(evaluate(steps.averaged(state), *eval_data))
-        row['test_ema_clean_acc'] = float(sums['clean_correct'] / sums['count'])
-        row['test_ema_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
-      row['eval_seconds'] = time.perf_counter() - eval_start
-    is_best = row.get('test_pgd_acc', -1.0) > meta['best_pgd_acc']
-    if is_best:
-      meta.update(best_pgd_acc=row['test_pgd_acc'], best_epoch=epoch + 1)
-    meta['epoch'] = epoch + 1
-    log.write(row)  # Before the checkpoint: a resume trims rows past the checkpoint it restores.
-    checkpoints.save(epoch + 1, state, dict(meta), is_best)
+  with stop:
+    for epoch in range(first_epoch, config.epochs):
+      _stop_if_requested(loop, state, None)
+      first_index = int(state.step) - epoch * steps_per_epoch
+      row = _train_epoch(loop, epoch_step_for(epoch), state, epoch, first_index, earlier if first_index else None,
+                         earlier_seconds if first_index else 0.0, meta)
+      state = row.pop('state')
+      if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.epochs:
+        eval_start = time.perf_counter()
+        sums = jax.device_get(evaluate(state, *eval_data))
+        row['test_clean_acc'] = float(sums['clean_correct'] / sums['count'])
+        row['test_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
+        if config.ema.enabled:  # The weight average, evaluated the same way (same points, same key).
+          sums = jax.device_get(evaluate(steps.averaged(state), *eval_data))
+          row['test_ema_clean_acc'] = float(sums['clean_correct'] / sums['count'])
+          row['test_ema_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
+        row['eval_seconds'] = time.perf_counter() - eval_start
+      is_best = row.get('test_pgd_acc', -1.0) > meta['best_pgd_acc']
+      if is_best:
+        meta.update(best_pgd_acc=row['test_pgd_acc'], best_epoch=epoch + 1)
+      meta['epoch'] = epoch + 1
+      log.write(row)  # Before the checkpoint: a resume trims rows past the checkpoint it restores.
+      checkpoints.save(epoch + 1, state, dict(meta), is_best, step=int(row['step']))
+      loop.last_save = time.monotonic()
+    _stop_if_requested(loop, state, None)
   checkpoints.close()
   log.close()
   return state
 
 
-def _train_epoch(config, epoch_step, state, train_images, train_labels, steps_per_epoch: int,
-                 epoch: int) -> Dict[str, Any]:
-  """Runs one epoch of compiled steps; metrics reach the host once, at the end."""
+def _stop_if_requested(loop: _Loop, state, saved: Optional[str]) -> None:
+  """Raises Preempted if a signal came (on any process): the newest checkpoint already holds this step."""
+  if not distributed.any_process(loop.stop.requested()):
+    return
+  loop.checkpoints.wait()
+  where = saved or f'the checkpoints in {loop.checkpoints.workdir}'
+  raise preemption.Preempted(f'stopped by {loop.stop.name or "a signal on another process"} at step '
+                             f'{int(state.step)}; saved in {where}; the same command resumes from there',
+                             loop.stop.signum or 15)
+
+
+def _save_partial(loop: _Loop, state, host_metrics, seconds: float, meta, *, stopping: bool) -> str:
+  """Checkpoints the current mid-epoch step with the epoch's metrics so far (exact float32 values)."""
+  partial_meta = dict(meta, step=int(state.step), epoch_seconds=seconds,
+                      epoch_metrics=[{key: float(value) for key, value in m.items()} for m in host_metrics])
+  with jax.transfer_guard('allow'):
+    where = loop.checkpoints.save_partial(int(state.step), state, partial_meta, wait=stopping)
+  loop.last_save = time.monotonic()
+  logging.info('Saved step %d in %s.', int(state.step), where)
+  return where
+
+
+def _train_epoch(loop: _Loop, epoch_step, state, epoch: int, first_index: int, earlier, earlier_seconds: float,
+                 meta) -> Dict[str, Any]:
+  """Runs the epoch's steps from `first_index` (a resumed epoch: `earlier` holds the metrics of the steps
+  before it). Metrics reach the host at progress updates, where they are checked for NaN/inf; a signal or
+  a due timed checkpoint saves the exact step (and a signal then ends the run)."""
+  config, steps_per_epoch = loop.config, loop.experiment.steps_per_epoch
   progress = metrics_log.Progress(config.log.progress, steps_per_epoch, config.batch_size, epoch + 1)
   start = time.perf_counter()
-  step_metrics = []
+  first_step = epoch * steps_per_epoch + first_index + 1  # 1-based global step of step_metrics[0].
+  step_metrics, host_metrics = [], [{key: np.float32(value) for key, value in m.items()} for m in earlier or []]
+  several = jax.process_count() > 1
+
+  def fetch_checked(upto: int):
+    """Moves the metrics of steps [len(host), upto) of this session to the host and checks them."""
+    done = len(host_metrics) - len(earlier or [])
+    if upto <= done:
+      return
+    fetched = jax.device_get(step_metrics[done:upto])
+    bad = _first_non_finite(fetched, first_step + done)
+    if bad:
+      raise NonFiniteLossError(f'non-finite training metrics at {bad} (epoch {epoch + 1}); the run stopped, '
+                               f'its last good checkpoint and best/ are kept in {loop.checkpoints.workdir}')
+    host_metrics.extend(fetched)
+
   with jax.transfer_guard('disallow'):  # Proves the epoch makes no implicit host<->device copy.
-    for i in range(steps_per_epoch):
-      state, metrics = epoch_step(state, train_images, train_labels)
+    for i in range(first_index, steps_per_epoch):
+      state, metrics = epoch_step(state, loop.train_images, loop.train_labels)
       step_metrics.append(metrics)
-      if (i + 1) % config.log.every_steps == 0 and i >= 2:
+      j = len(step_metrics)
+      report = (i + 1) % config.log.every_steps == 0 and j >= 3
+      if report:
         # Wait for a step two behind, so the device queue never runs dry while we report.
-        jax.block_until_ready(step_metrics[i - 2])
-        progress.update(i - 1, config.log.every_steps)
-  means = _mean_metrics(step_metrics)
+        fetch_checked(j - 2)
+        progress.update(i - 1 - first_index, config.log.every_steps)
+        loop.checkpoints.check()
+        if loop.lock is not None:
+          loop.lock.refresh()
+      if i + 1 == steps_per_epoch or (several and not report):
+        continue  # The epoch's end saves anyway; several processes agree only at progress updates.
+      stopping = distributed.any_process(loop.stop.requested())
+      if stopping or distributed.any_process(loop.timed_save_due()):
+        fetch_checked(j)
+        seconds = earlier_seconds + time.perf_counter() - start
+        where = _save_partial(loop, state, host_metrics, seconds, meta, stopping=stopping)
+        if stopping:
+          _stop_if_requested(loop, state, where)
+  fetch_checked(len(step_metrics))
+  means = _mean_metrics(host_metrics)
   seconds = time.perf_counter() - start
   progress.close()
-  first_step = epoch * steps_per_epoch + 1
-  if not math.isfinite(means['loss']):
-    raise FloatingPointError(f'non-finite training loss in steps {first_step}-{first_step + steps_per_epoch - 1}'
-                             f' (epoch {epoch + 1})')
   row = {'epoch': epoch + 1, 'step': int((epoch + 1) * steps_per_epoch), 'lr': means.pop('lr'),
          'train_loss': means.pop('loss')}
   row.update({f'train_{key}': value for key, value in means.items()})
-  row.update(epoch_seconds=seconds, images_per_second=steps_per_epoch * config.batch_size / seconds,
-             state=state)
+  row.update(epoch_seconds=earlier_seconds + seconds,
+             images_per_second=len(step_metrics) * config.batch_size / seconds, state=state)
   return row

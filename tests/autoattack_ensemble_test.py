@@ -122,8 +122,21 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(problem, tmp_path, m
   np.testing.assert_array_equal(resumed['robust'], whole['robust'])
   np.testing.assert_array_equal(resumed['x_adv'], whole['x_adv'])
   assert resumed['per_attack'] == whole['per_attack']
-  with pytest.raises(ValueError, match='eps'):
-    ensemble.evaluate(logits_fn, x, y, state_path=state_path, **dict(kwargs, eps=2 / 255))
+
+  def starts_afresh(message, **changes):
+    """The state file is not resumed: the first attack runs its first chunk again, and one line says why."""
+    lines = []
+    make_attack, _ = counting(interrupt_at=('apgd-ce', 1))
+    monkeypatch.setattr(ensemble, 'make_attack', make_attack)
+    with pytest.raises(KeyboardInterrupt):
+      ensemble.evaluate(logits_fn, x, y, state_path=state_path, log=lines.append, **dict(kwargs, **changes))
+    assert [line for line in lines if message in line and state_path in line], lines
+
+  starts_afresh('written for other eps; starting afresh', eps=2 / 255)
+  starts_afresh('written for other weights; starting afresh', state_binding='weights 0123')  # Other weights.
+  with open(state_path, 'r+b') as f:  # A damaged file: named, and started afresh.
+    f.truncate(100)
+  starts_afresh('cannot be read')
 
 
 def test_standard_run_agrees_with_the_official_autoattack(problem):

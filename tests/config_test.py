@@ -104,6 +104,13 @@ def test_smoke_config_is_valid():
     ({'epochs': 0}, 'epochs='),
     ({'schedule.name': 'cosine'}, 'schedule.name='),
     ({'attack.bn_mode': 'frozen'}, 'attack.bn_mode='),
+    ({'optimizer.momentum': -0.9}, 'optimizer.momentum='),
+    ({'optimizer.weight_decay': -5e-4}, 'optimizer.weight_decay='),
+    ({'schedule.milestones': (105, 100)}, 'schedule.milestones='),
+    ({'schedule.milestones': (0,)}, 'schedule.milestones='),
+    ({'data.synthetic.num_test': 0}, 'data.synthetic.num_test='),
+    ({'data.synthetic.num_classes': 1}, 'data.synthetic.num_classes='),
+    ({'checkpoint.every_minutes': -1.0}, 'checkpoint.every_minutes='),
 ])
 def test_each_bad_value_names_its_key(overrides, key):
   config = _resolved(**overrides)

@@ -254,3 +254,21 @@ def test_importing_the_converter_does_not_import_torch():
   code = 'import sys, rpat_jax.convert; sys.exit(int("torch" in sys.modules))'
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   assert subprocess.run([sys.executable, '-c', code], cwd=root, timeout=120).returncode == 0
+
+
+@pytest.mark.parametrize('content, message', [
+    (os.urandom(512), "its bytes are not what torch.save writes"),
+    (b'', 'the file is empty or cut short'),
+])
+def test_a_file_that_is_not_a_state_dict_is_one_line(tmp_path, capsys, content, message):
+  (tmp_path / 'in.pt').write_bytes(content)
+  with pytest.raises(SystemExit) as exit_info:
+    _cli(model='resnet18', from_torch=tmp_path / 'in.pt', to=tmp_path / 'out')
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0] and not (tmp_path / 'out').exists()
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(SystemExit):
+    _cli(model='resnet18', from_flax=tmp_path / 'empty', to_torch=tmp_path / 'out.pt')
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and 'is not a readable Orbax directory' in lines[0]

@@ -140,31 +140,51 @@ def _perturbation_norm(delta: np.ndarray, norm: str) -> np.ndarray:
 
 
 class _State:
-  """Everything needed to resume, saved as one .npz written atomically (temp file, then rename)."""
+  """Everything needed to resume, saved as one .npz written atomically (temp file, then rename).
 
-  def __init__(self, path: Optional[str], meta: Dict, x: np.ndarray, clean_pred: np.ndarray, y: np.ndarray):
+  The file records the settings and `binding` (the caller's digest of the attacked weights) it was
+  written for: a file written for anything else, or one that cannot be read, is reported in one line and
+  the evaluation starts afresh (it is overwritten at the first save), so a result never mixes two models.
+  """
+
+  def __init__(self, path: Optional[str], meta: Dict, x: np.ndarray, clean_pred: np.ndarray, y: np.ndarray,
+               log: Callable[[str], None]):
     self.path, self.meta = path, meta
+    self._fresh(x, clean_pred, y)
+    if path and os.path.exists(path):
+      try:
+        self._load(log)
+      except Exception as error:  # pylint: disable=broad-except  # Truncated zip, missing key, bad JSON...
+        reason = (str(error).strip().splitlines() or [''])[0]
+        log(f'AutoAttack state {path} cannot be read ({type(error).__name__}: {reason}); starting afresh')
+        self._fresh(x, clean_pred, y)
+
+  def _fresh(self, x, clean_pred, y):
     self.robust = clean_pred == y
     self.x_adv, self.y_adv = x.copy(), clean_pred.copy()
     self.attack_position, self.chunk_position = 0, 0
     self.start_robust = self.robust.copy()
     self.per_attack: Dict[str, float] = {}
     self.zero_gradient_points, self.seconds = 0, 0.0
-    if path and os.path.exists(path):
-      self._load()
 
-  def _load(self):
+  def _load(self, log):
     with np.load(self.path, allow_pickle=False) as saved:
       saved_meta = json.loads(str(saved['meta']))
       if saved_meta != self.meta:
         changed = sorted(k for k in set(saved_meta) | set(self.meta) if saved_meta.get(k) != self.meta.get(k))
-        raise ValueError(f'{self.path} was written for different settings ({", ".join(changed)}); '
-                         'delete it or use another state path')
-      self.robust, self.x_adv, self.y_adv = saved['robust'], saved['x_adv'], saved['y_adv']
-      self.start_robust = saved['start_robust']
-      self.attack_position, self.chunk_position = int(saved['attack_position']), int(saved['chunk_position'])
-      self.per_attack = json.loads(str(saved['per_attack']))
-      self.zero_gradient_points, self.seconds = int(saved['zero_gradient_points']), float(saved['seconds'])
+        changed = [{'binding': 'weights'}.get(key, key) for key in changed]
+        log(f'AutoAttack state {self.path} was written for other {", ".join(changed)}; starting afresh')
+        return
+      robust, x_adv, y_adv = saved['robust'], saved['x_adv'], saved['y_adv']
+      start_robust = saved['start_robust']
+      attack_position, chunk_position = int(saved['attack_position']), int(saved['chunk_position'])
+      per_attack = json.loads(str(saved['per_attack']))
+      zero_gradient_points, seconds = int(saved['zero_gradient_points']), float(saved['seconds'])
+    if robust.shape != self.robust.shape or x_adv.shape != self.x_adv.shape:
+      raise ValueError(f'arrays of shape {robust.shape}, {x_adv.shape} for {self.robust.shape}, {self.x_adv.shape}')
+    self.robust, self.x_adv, self.y_adv, self.start_robust = robust, x_adv, y_adv, start_robust
+    self.attack_position, self.chunk_position, self.per_attack = attack_position, chunk_position, per_attack
+    self.zero_gradient_points, self.seconds = zero_gradient_points, seconds
 
   def save(self):
     if not self.path or jax.process_index() != 0:  # One writer; every process resumes from the file.
@@ -181,7 +201,7 @@ class _State:
 def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 255, version: str = 'standard',
              seed: int = 0, batch_size: int = 500, attacks: Optional[Sequence[str]] = None,
              attack_options: Optional[Dict[str, Dict]] = None, state_path: Optional[str] = None,
-             log: Callable[[str], None] = lambda message: None) -> Dict:
+             state_binding: Optional[str] = None, log: Callable[[str], None] = lambda message: None) -> Dict:
   """Standard AutoAttack (or a custom list) on `logits_fn` at (x, y).
 
   Args:
@@ -191,6 +211,8 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
       fab, fab-t, square), with the official hyperparameters of each (DEFAULT_OPTIONS, VERSION_OPTIONS).
     attack_options: per-attack overrides, e.g. {'square': {'n_queries': 1000}}.
     state_path: an .npz to save progress to after every chunk and resume from.
+    state_binding: what else the state file must have been written for, e.g. a digest of the weights; a
+      file written for other settings or another binding is not resumed.
 
   Returns a dict: robust [N] bool, x_adv (adversarial where fooled, clean elsewhere), y_adv (the
   prediction on x_adv), clean_acc, robust_acc, per_attack (robust accuracy after each attack),
@@ -232,9 +254,9 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
            'n_classes': checks.n_classes(num_classes, names, options.get('apgd-t', {}).get('n_target_classes', 9),
                                          options.get('fab-t', {}).get('n_target_classes', 9))}
   meta = {'norm': norm, 'eps': float(eps), 'seed': int(seed), 'attacks': list(names), 'options': options,
-          'n_examples': int(len(x)), 'batch_size': int(batch_size)}
+          'n_examples': int(len(x)), 'batch_size': int(batch_size), 'binding': state_binding}
   clean_prediction = predictions(x)
-  state = _State(state_path, meta, x, clean_prediction, y)
+  state = _State(state_path, meta, x, clean_prediction, y, log)
   clean_acc = float((clean_prediction == y).mean())
   log(f'clean accuracy: {clean_acc:.2%}')
   seconds_before = state.seconds

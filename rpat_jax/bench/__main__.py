@@ -15,8 +15,8 @@ on --n_examples points (eval_bench.py); with `--torch`, against a PyTorch PGD-20
 not depend on: `pip install -r requirements-test.txt` has both.
 """
 
-import functools
 import json
+import os
 import sys
 import types
 
@@ -26,10 +26,13 @@ from absl import flags
 from ml_collections import config_flags
 
 from rpat_jax import autoattack
+from rpat_jax import cli as cli_lib
 from rpat_jax import config_validation
 from rpat_jax import metrics_log
 from rpat_jax import threats
 from rpat_jax.bench import train_bench
+
+PROG = 'rpat_jax.bench'
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
   """Defines the benchmark's flags on `flag_values`; returns their holders."""
@@ -79,6 +82,12 @@ def _check_flags(cli):
                       ('eval_batch_size', cli.eval_batch_size.value)):
     if value < 1:
       raise config_validation.ConfigError(f'--{name}={value}; allowed: an integer >= 1')
+  if cli.checkpoint.value not in ('best', 'last') and not (cli.checkpoint.value.isdigit()
+                                                            and int(cli.checkpoint.value) > 0):
+    raise config_validation.ConfigError(f'--checkpoint={cli.checkpoint.value}; allowed: best, last, or an epoch '
+                                        'number >= 1')
+  if cli.workdir.value and not os.path.isdir(cli.workdir.value):
+    raise config_validation.ConfigError(f'--workdir={cli.workdir.value} does not exist')
   if cli.warmup.value < 0:
     raise config_validation.ConfigError(f'--warmup={cli.warmup.value}; allowed: an integer >= 0')
   unknown = set(cli.torch_modes.value) - {'reference', 'tuned'}
@@ -131,9 +140,8 @@ def main(argv, cli) -> None:
                            dtype=cli.dtype.value or 'float32', aa_version=cli.aa_version.value,
                            workdir=cli.workdir.value, checkpoint=cli.checkpoint.value, with_torch=cli.torch.value,
                            attack_names=cli.attacks.value)
-  except (config_validation.ConfigError, ValueError) as error:
-    print(f'rpat_jax.bench: {error}', file=sys.stderr)
-    sys.exit(2)
+  except (config_validation.ConfigError, ValueError, FileNotFoundError) as error:
+    cli_lib.fail(PROG, error)
   row['command'] = ' '.join(['python -m rpat_jax.bench'] + sys.argv[1:])
   text = json.dumps(row, indent=1, default=float)
   if cli.out.value and jax.process_index() == 0:
@@ -143,4 +151,4 @@ def main(argv, cli) -> None:
 
 
 if __name__ == '__main__':
-  app.run(functools.partial(main, cli=define_flags()))
+  cli_lib.run_app(PROG, main, define_flags())

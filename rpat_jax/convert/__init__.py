@@ -275,7 +275,18 @@ def _torch():
 
 def load_torch_file(path: str) -> Dict[str, np.ndarray]:
   """A state_dict saved with torch.save (or a dict holding one under 'state_dict'), as numpy arrays."""
-  loaded = _torch().load(path, map_location='cpu', weights_only=True)
+  if not os.path.isfile(path):
+    raise ValueError(f'--from_torch={path}: no such file')
+  try:
+    loaded = _torch().load(path, map_location='cpu', weights_only=True)
+  except Exception as error:  # pylint: disable=broad-except  # Unpickling, EOF, zip and weights_only errors.
+    if isinstance(error, EOFError) or os.path.getsize(path) == 0:
+      reason = 'the file is empty or cut short'
+    elif type(error).__name__ == 'UnpicklingError':
+      reason = 'its bytes are not what torch.save writes'
+    else:
+      reason = f'{type(error).__name__}: {(str(error).strip().splitlines() or [""])[0][:200]}'
+    raise ValueError(f'--from_torch={path} is not a readable PyTorch state_dict file ({reason})') from None
   if isinstance(loaded, Mapping) and isinstance(loaded.get('state_dict'), Mapping):
     loaded = loaded['state_dict']
   if not isinstance(loaded, Mapping):
@@ -300,6 +311,12 @@ def save_variables(variables: Mapping[str, Any], directory: str) -> None:
 def load_variables(directory: str) -> Dict[str, Any]:
   """{'params', 'batch_stats'} (numpy) of a `save_variables` directory or a training checkpoint's `state`."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(os.path.abspath(directory))
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(os.path.abspath(directory))
+  except Exception as error:  # pylint: disable=broad-except  # Orbax and TensorStore raise many kinds.
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    raise ValueError(f'{directory} is not a readable Orbax directory of Flax variables ({reason[:200]})') from None
+  if not isinstance(restored, Mapping) or 'params' not in restored:
+    raise ValueError(f'{directory} holds no params (not written by --to, nor a checkpoint state)')
   return {name: restored[name] for name in ('params', 'batch_stats') if name in restored}

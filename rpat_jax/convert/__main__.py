@@ -8,14 +8,16 @@ Bad input gives one line, `rpat_jax.convert: error: ...`, and exit status 2.
 
 import functools
 import os
-import sys
 import types
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from rpat_jax import cli as cli_lib
 from rpat_jax import convert
+
+PROG = 'rpat_jax.convert'
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
@@ -62,9 +64,8 @@ def main(argv, cli) -> None:
   try:
     _run(cli)
   except (ValueError, RuntimeError, OSError) as error:
-    print(f'rpat_jax.convert: error: {error}', file=sys.stderr)
-    sys.exit(2)
+    cli_lib.fail(PROG, error)
 
 
 if __name__ == '__main__':
-  app.run(functools.partial(main, cli=define_flags()))
+  cli_lib.run_app(PROG, main, define_flags())

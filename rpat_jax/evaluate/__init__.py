@@ -7,14 +7,17 @@
       --n_examples=1000 --aa_version=custom --attacks=apgd-ce,apgd-t
 
 Results go to `workdir/eval/results.json` and `results.md` (`results_ema.*` with `--ema`, the weight
-average of a run trained with `ema.enabled`). AutoAttack saves its progress after every
-chunk to `workdir/eval/aa_state_<checkpoint>.npz`: running the same command again resumes it.
+average of a run trained with `ema.enabled`), written atomically; each names its checkpoint's epoch and
+a digest of the attacked weights. AutoAttack saves its progress after every chunk to
+`workdir/eval/aa_state_<checkpoint>.npz`: running the same command again resumes it, but only for the
+same weights (the digest), points and settings; otherwise it starts afresh and says so. One evaluation
+at a time per run (`eval/lock`); training may go on beside it.
 The threat model (norm, eps; PGD/CW step size) is the config's `attack.*`; the model runs in float32
 unless `--bf16`.
 """
 
+import hashlib
 import json
-import os
 import time
 
 import jax
@@ -25,12 +28,36 @@ from absl import logging
 from rpat_jax import autoattack
 from rpat_jax import config_validation
 from rpat_jax import data
+from rpat_jax import paths
 from rpat_jax import threats
+from rpat_jax import workdir_lock
 from rpat_jax.evaluate.pgd import accuracies as pgd_accuracies
 from rpat_jax.evaluate.pgd import make_robustness
 from rpat_jax.evaluate.variables import restore_variables
 
-__all__ = ['run', 'summary', 'markdown_table', 'pgd_accuracies', 'make_robustness', 'restore_variables']
+__all__ = ['run', 'summary', 'markdown_table', 'pgd_accuracies', 'make_robustness', 'restore_variables',
+           'weights_digest', 'check_options']
+
+
+def weights_digest(params, batch_stats) -> str:
+  """A short SHA-256 of the variables' names, dtypes, shapes and bytes: which weights a result belongs to."""
+  digest = hashlib.sha256()
+  leaves, _ = jax.tree_util.tree_flatten_with_path({'params': params, 'batch_stats': batch_stats})
+  for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+    value = np.asarray(jax.device_get(leaf))
+    digest.update(f'{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape}'.encode())
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def check_options(*, checkpoint: str, n_examples: int, batch_size: int) -> None:
+  """Raises ValueError naming the flag for an evaluation option that cannot run."""
+  if checkpoint not in ('best', 'last') and not (str(checkpoint).isdigit() and int(checkpoint) > 0):
+    raise ValueError(f"--checkpoint={checkpoint}; allowed: best, last, or an epoch number >= 1")
+  if not isinstance(n_examples, int) or n_examples < 0:
+    raise ValueError(f'--n_examples={n_examples}; allowed: an integer >= 0 (0 = the whole test split)')
+  if not isinstance(batch_size, int) or batch_size <= 0:
+    raise ValueError(f'--batch_size={batch_size}; allowed: a positive integer')
 
 def summary(clean: float, robust: float):
   """Mean = (C + A) / 2 and NRR = 2CA / (C + A), the paper's trade-off numbers."""
@@ -41,7 +68,8 @@ def markdown_table(results) -> str:
   rows = [('Clean', results['clean_acc']), ('PGD-20', results['pgd20_acc']), ('CW-20', results['cw20_acc']),
           ('AA', results['aa_acc']), ('Mean', results['mean']), ('NRR', results['nrr'])]
   lines = ['| metric | % |', '|---|---|'] + [f'| {name} | {100 * value:.2f} |' for name, value in rows]
-  source = (f"checkpoint epoch {results['checkpoint_step']} ({results['checkpoint']})"
+  source = (f"checkpoint epoch {results['checkpoint_step']} ({results['checkpoint']}, weights "
+            f"{results.get('weights_digest', '?')})"
             if results['checkpoint_step'] is not None else 'converted variables')
   lines += ['', f"{results['n_examples']} test points, {source}, {results['norm']} eps {results['eps']:.5f}, "
             f"AutoAttack {results['aa_version']} ({', '.join(results['per_attack'])}), {results['seconds']:.1f} s."]
@@ -58,12 +86,13 @@ def run(config, workdir: str, *, checkpoint: str = 'best', n_examples: int = 100
   """Evaluates a training run's checkpoint (or converted variables) and writes
   workdir/eval/results.{json,md} (results_ema.* for the weight average); returns the results dict.
 
-  checkpoint: 'best', 'last' or an epoch. n_examples: the first N test points (<= 0: all). aa_version,
+  checkpoint: 'best', 'last' or an epoch. n_examples: the first N test points (0: all). aa_version,
   attack_names, aa_options: AutoAttack's version, its attacks for 'custom', per-attack overrides.
   batch_size: points per compiled attack call, over all devices. bf16: the model in bfloat16.
   variables_dir: a `python -m rpat_jax.convert --to` directory instead of a checkpoint.
   """
   started = time.time()
+  check_options(checkpoint=checkpoint, n_examples=n_examples, batch_size=batch_size)
   config = threats.resolve(config)
   config_validation.validate(config, jax.device_count())
   autoattack.ensemble.resolve_attacks(aa_version, attack_names)  # Bad attack names fail before any work.
@@ -78,31 +107,34 @@ def run(config, workdir: str, *, checkpoint: str = 'best', n_examples: int = 100
                                                           variables_dir=variables_dir, ema=ema)
   if variables_dir:
     checkpoint = 'variables'
-  logits_fn = lambda images: forward.eval_logits(params, batch_stats, images).astype(jnp.float32)
-  devices = jax.device_count()  # Batches are split over all of them: round up to a multiple.
-  batch_size = -(-min(batch_size, count) // devices) * devices
-  clean_acc, pgd20_acc, cw20_acc = pgd_accuracies(logits_fn, x, y, config.attack, batch_size=batch_size, seed=seed)
-  logging.info('clean %.4f, PGD-20 %.4f, CW-20 %.4f on %d points', clean_acc, pgd20_acc, cw20_acc, count)
-  out_dir = os.path.join(workdir, 'eval')
-  os.makedirs(out_dir, exist_ok=True)
-  aa = autoattack.evaluate(logits_fn, x, y, norm=config.attack.norm, eps=config.attack.eps, version=aa_version,
-                           seed=seed, batch_size=batch_size, attacks=attack_names, attack_options=aa_options,
-                           state_path=os.path.join(out_dir, f'aa_state_{checkpoint}{"_ema" if ema else ""}.npz'),
-                           log=logging.info)
-  mean, nrr = summary(clean_acc, aa['robust_acc'])
-  results = {'clean_acc': clean_acc, 'pgd20_acc': pgd20_acc, 'cw20_acc': cw20_acc, 'aa_acc': aa['robust_acc'],
-             'mean': mean, 'nrr': nrr, 'n_examples': count, 'checkpoint': checkpoint, 'checkpoint_step': epoch,
-             'per_attack': aa['per_attack'], 'seconds': time.time() - started, 'aa_seconds': aa['seconds'],
-             'flags': aa['flags'], 'norm': config.attack.norm, 'eps': float(config.attack.eps),
-             'aa_version': aa_version, 'max_perturbation': aa['max_perturbation'], 'nan_count': aa['nan_count'],
-             'model': config.model.name, 'dtype': config.model.dtype, 'seed': seed, 'ema': ema}
-  if jax.process_index() != 0:  # One writer.
+  digest = weights_digest(params, batch_stats)
+  out_dir = paths.make_dir(paths.as_path(workdir) / 'eval', what='evaluation directory')
+  lock = workdir_lock.WorkdirLock(out_dir, what='evaluation directory') if jax.process_index() == 0 else None
+  try:
+    logits_fn = lambda images: forward.eval_logits(params, batch_stats, images).astype(jnp.float32)
+    devices = jax.device_count()  # Batches are split over all of them: round up to a multiple.
+    batch_size = -(-min(batch_size, count) // devices) * devices
+    clean_acc, pgd20_acc, cw20_acc = pgd_accuracies(logits_fn, x, y, config.attack, batch_size=batch_size,
+                                                    seed=seed)
+    logging.info('clean %.4f, PGD-20 %.4f, CW-20 %.4f on %d points', clean_acc, pgd20_acc, cw20_acc, count)
+    binding = f'weights {digest} in {config.model.dtype}, {config.data.name} test points'
+    aa = autoattack.evaluate(logits_fn, x, y, norm=config.attack.norm, eps=config.attack.eps, version=aa_version,
+                             seed=seed, batch_size=batch_size, attacks=attack_names, attack_options=aa_options,
+                             state_path=str(out_dir / f'aa_state_{checkpoint}{"_ema" if ema else ""}.npz'),
+                             state_binding=binding, log=logging.info)
+    mean, nrr = summary(clean_acc, aa['robust_acc'])
+    results = {'clean_acc': clean_acc, 'pgd20_acc': pgd20_acc, 'cw20_acc': cw20_acc, 'aa_acc': aa['robust_acc'],
+               'mean': mean, 'nrr': nrr, 'n_examples': count, 'checkpoint': checkpoint, 'checkpoint_step': epoch,
+               'weights_digest': digest, 'per_attack': aa['per_attack'], 'seconds': time.time() - started,
+               'aa_seconds': aa['seconds'], 'flags': aa['flags'], 'norm': config.attack.norm,
+               'eps': float(config.attack.eps), 'aa_version': aa_version, 'max_perturbation': aa['max_perturbation'],
+               'nan_count': aa['nan_count'], 'model': config.model.name, 'dtype': config.model.dtype, 'seed': seed,
+               'ema': ema}
+    if jax.process_index() == 0:  # One writer; the average's results sit beside the online model's.
+      name = 'results_ema' if ema else 'results'
+      paths.write_atomic(out_dir / f'{name}.json', json.dumps(results, indent=2))
+      paths.write_atomic(out_dir / f'{name}.md', markdown_table(results))
     return results
-  name = 'results_ema' if ema else 'results'  # The average's results sit beside the online model's.
-  temporary = os.path.join(out_dir, f'{name}.json.tmp')
-  with open(temporary, 'w') as f:
-    json.dump(results, f, indent=2)
-  os.replace(temporary, os.path.join(out_dir, f'{name}.json'))
-  with open(os.path.join(out_dir, f'{name}.md'), 'w') as f:
-    f.write(markdown_table(results))
-  return results
+  finally:
+    if lock is not None:
+      lock.release()

@@ -8,9 +8,7 @@ Results go to `workdir/eval/results.{json,md}` (see `rpat_jax.evaluate.run`). Ba
 `rpat_jax.evaluate: error: ...`, and exit status 2.
 """
 
-import functools
 import json
-import sys
 import types
 
 import jax
@@ -19,11 +17,16 @@ from absl import flags
 from ml_collections import config_flags
 
 from rpat_jax import autoattack
+from rpat_jax import checkpointing
+from rpat_jax import cli as cli_lib
 from rpat_jax import config_validation
 from rpat_jax import data
 from rpat_jax import distributed
 from rpat_jax import evaluate
 from rpat_jax import metrics_log
+from rpat_jax import paths
+
+PROG = 'rpat_jax.evaluate'
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
@@ -61,19 +64,25 @@ def main(argv, cli) -> None:
   metrics_log.quiet_library_logs()
   try:
     distributed.initialize_from_flags(cli.distributed)  # Several processes: each attacks its devices' slice.
-    options = json.loads(cli.aa_options.value) if cli.aa_options.value else None
+    try:
+      options = json.loads(cli.aa_options.value) if cli.aa_options.value else None
+    except json.JSONDecodeError as error:
+      raise ValueError(f'--aa_options is not JSON: {error}') from None
+    if options is not None and not (isinstance(options, dict) and all(isinstance(v, dict) for v in options.values())):
+      raise ValueError('--aa_options must be a JSON object of objects, e.g. \'{"square": {"n_queries": 1000}}\'')
     results = evaluate.run(cli.config.value, cli.workdir.value, checkpoint=cli.checkpoint.value,
                            n_examples=cli.n_examples.value, aa_version=cli.aa_version.value,
                            attack_names=cli.attacks.value, aa_options=options, batch_size=cli.batch_size.value,
                            seed=cli.seed.value, bf16=cli.bf16.value, variables_dir=cli.variables.value,
                            ema=cli.ema.value)
   except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError,
-          FileNotFoundError, ValueError, json.JSONDecodeError) as error:
-    print(f'rpat_jax.evaluate: error: {error}', file=sys.stderr)
-    sys.exit(2)
+          FileNotFoundError, ValueError, paths.PathError) as error:
+    cli_lib.fail(PROG, error)
+  except checkpointing.CheckpointError as error:
+    cli_lib.fail(PROG, error, status=1)
   if jax.process_index() == 0:
     print(evaluate.markdown_table(results), end='')
 
 
 if __name__ == '__main__':
-  app.run(functools.partial(main, cli=define_flags()))
+  cli_lib.run_app(PROG, main, define_flags())

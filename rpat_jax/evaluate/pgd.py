@@ -19,7 +19,8 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
                     steps: int = attacks.EVAL_PGD_STEPS) -> Callable[..., np.ndarray]:
   """Returns `robust(x, y, batch_size, loss='ce') -> bool [N]`: PGD-`steps` with the training threat
   (`attack_config`: norm, eps, step_size) on cross-entropy ('ce') or the CW margin ('cw'), each point
-  still classified correctly or not. One compile per loss; the key is folded with each batch's start.
+  still classified correctly or not. One compile per loss; each point's random start is keyed by its
+  index among the points, so its result does not depend on the batch size.
 
   batch_size: points per call, split over every device (a multiple of the device count).
   """
@@ -29,7 +30,8 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
 
   @functools.partial(jax.jit, static_argnames='loss', out_shardings=parallel.replicated(mesh))
   def robust_batch(xb, yb, start, loss):
-    x_adv = attacks.pgd(logits_fn, jax.random.fold_in(key, start), xb, yb, loss_fn=LOSSES[loss], **hyper)
+    point_keys = jax.vmap(lambda index: jax.random.fold_in(key, index))(start + jnp.arange(xb.shape[0]))
+    x_adv = attacks.pgd(logits_fn, point_keys, xb, yb, loss_fn=LOSSES[loss], **hyper)
     return jnp.argmax(logits_fn(x_adv), -1) == yb
 
   def robust(x, y, batch_size: int, loss: str = 'ce') -> np.ndarray:

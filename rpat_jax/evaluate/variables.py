@@ -21,7 +21,7 @@ def restore_variables(config, workdir: str, *, checkpoint: str = 'best', info=No
     variables = convert.load_variables(variables_dir)
     return experiment.forward, variables['params'], variables['batch_stats'], None
   which, epoch = (checkpoint, None) if checkpoint in ('best', 'last') else ('last', int(checkpoint))
-  checkpoints = Checkpoints(workdir, keep=experiment.config.checkpoint.keep)
+  checkpoints = Checkpoints(workdir, keep=experiment.config.checkpoint.keep, read_only=True)
   state, meta = checkpoints.restore(experiment.init_state(), which=which, epoch=epoch)  # Restored replicated.
   if ema:
     if state.ema is None:

@@ -1,0 +1,91 @@
+"""Every file a run or an evaluation reads or writes goes through here: local paths and object stores alike.
+
+A workdir is an `etils.epath.Path`: a local directory (made absolute) or a URI such as `gs://BUCKET/run`
+(served by gcsfs, or TensorFlow's gfile when it is installed). No module opens a workdir file with `open`
+or `os.path`, so a remote workdir never falls back to a local directory named `gs:`. Writes of whole files
+are atomic where the store allows: locally a temporary file renamed over the target; an object store
+publishes an object only when its upload completes.
+"""
+
+import os
+import re
+import uuid
+from typing import Union
+
+from etils import epath
+
+PathLike = Union[str, os.PathLike, epath.Path]
+
+
+class PathError(OSError):
+  """A workdir or file that cannot be used; the message is one line naming it."""
+
+
+def as_path(path: PathLike) -> epath.Path:
+  """An epath.Path: a URI stays as given, a local path becomes absolute (with ~ expanded)."""
+  if isinstance(path, epath.Path) and is_remote(path):
+    return path
+  text = os.fspath(path)
+  if is_remote(text):
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def is_remote(path: PathLike) -> bool:
+  """True for a URI (gs://, s3://, ...), False for a local path."""
+  return '://' in str(path)
+
+
+def describe_error(error: BaseException) -> str:
+  """The first line of an error, without the traceback's noise: what a one-line message should quote."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  os_error = re.search(r': ([^:\[\]]+) \[os_error_code=.(\d+).\]', str(error))  # TensorStore's I/O errors.
+  if os_error:
+    return f'{os_error.group(1).strip()} (errno {os_error.group(2)})'
+  text = str(error).strip().splitlines()
+  line = text[0].split(' See full TensorStore details')[0] if text else type(error).__name__
+  return line if len(line) <= 240 else line[:237] + '...'
+
+
+def write_atomic(path: PathLike, data: Union[str, bytes]) -> None:
+  """Writes a whole file so that a reader sees the old content or the new, never a part of it."""
+  path = as_path(path)
+  mode = 'wb' if isinstance(data, bytes) else 'w'
+  if is_remote(path):  # An object store publishes the object when the upload completes.
+    with path.open(mode) as f:
+      f.write(data)
+    return
+  temporary = path.parent / f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp'
+  try:
+    with temporary.open(mode) as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    temporary.replace(path)
+  finally:
+    if temporary.exists():
+      temporary.unlink()
+
+
+def make_dir(path: PathLike, what: str = 'workdir') -> epath.Path:
+  """Creates a directory (and its parents) and proves it is writable, or raises PathError in one line.
+
+  Called before anything is built or compiled, so a read-only disk, a path under /proc or an unreachable
+  bucket fails in seconds, not after the first epoch.
+  """
+  path = as_path(path)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_probe.{uuid.uuid4().hex[:8]}'
+    probe.write_text('ok')
+    probe.unlink()
+  except ImportError as error:  # epath needs gcsfs (or TensorFlow) for gs://.
+    raise PathError(f'{what} {path} cannot be reached: {describe_error(error)}') from None
+  except Exception as error:  # pylint: disable=broad-except  # Every backend raises its own kind.
+    raise PathError(f'{what} {path} is not writable: {describe_error(error)}') from None
+  return path
+
+
+def read_text(path: PathLike) -> str:
+  return as_path(path).read_text()

@@ -1,0 +1,230 @@
+"""What a long run meets, injected: signals, a crash after timed checkpoints, damaged checkpoints, a full
+disk, a second run on the same workdir, a changed config, a non-finite loss. Each ends in one line and
+loses nothing; resumed runs end equal to an uninterrupted one."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import chex
+import jax
+import pytest
+
+from conftest import ROOT
+from conftest import tiny_config
+from rpat_jax import checkpointing
+from rpat_jax import preemption
+from rpat_jax import run_config
+from rpat_jax import train
+from rpat_jax import workdir_lock
+
+TIMING = ('epoch_seconds', 'images_per_second', 'eval_seconds')
+# tiny_config on the command line (the subprocess tests resume runs it made, so the configs must agree).
+TINY = ['--config=configs/smoke.py', '--config.model.width=8', '--config.data.synthetic.num_train=256',
+        '--config.data.synthetic.num_test=64', '--config.data.synthetic.image_size=16', '--config.batch_size=64',
+        '--config.attack.steps=2', '--config.eval.batch_size=32', '--config.eval.pgd_steps=2',
+        '--config.log.progress=none']
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+
+
+def _wrap_steps(monkeypatch, before_step):
+  """Every compiled epoch step calls `before_step(n)` before its n-th call (n counts from 1 per run)."""
+  real = train.compile_epoch_step
+  calls = [0]
+
+  def compile_epoch_step(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def wrapped(*inputs):
+      calls[0] += 1
+      before_step(calls[0])
+      return step(*inputs)
+    return wrapped
+
+  monkeypatch.setattr(train, 'compile_epoch_step', compile_epoch_step)
+  return calls
+
+
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  """An uninterrupted 2-epoch run (4 steps per epoch): its workdir and final state."""
+  workdir = tmp_path_factory.mktemp('straight')
+  return workdir, train.train_and_evaluate(tiny_config(epochs=2), str(workdir))
+
+
+def _assert_same_run(state, workdir, straight):
+  reference_dir, reference = straight
+  assert int(state.step) == int(reference.step)
+  chex.assert_trees_all_equal(state.params, reference.params)
+  chex.assert_trees_all_equal(state.opt_state, reference.opt_state)
+  assert _rows(workdir) == _rows(reference_dir)  # Every metric, the resumed epochs' means included.
+
+
+def test_signals_save_the_exact_step_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch,
+                                                                                        straight):
+  workdir = str(tmp_path)
+  handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+  kill = lambda signum, at: (lambda n: n == at and os.kill(os.getpid(), signum))
+  _wrap_steps(monkeypatch, kill(signal.SIGTERM, 6))  # Mid-epoch 2: after step 6 of 8.
+  with pytest.raises(preemption.Preempted) as stopped:
+    train.train_and_evaluate(tiny_config(epochs=2), workdir)
+  assert stopped.value.exit_status == 143 and 'stopped by SIGTERM at step 6' in str(stopped.value)
+  assert os.listdir(tmp_path / 'partial') == ['6'] and sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
+  _wrap_steps(monkeypatch, kill(signal.SIGINT, 1))  # Ctrl-C in the resumed run's first step: step 7.
+  with pytest.raises(preemption.Preempted) as stopped:
+    train.train_and_evaluate(tiny_config(epochs=2), workdir)
+  assert stopped.value.exit_status == 130 and 'at step 7' in str(stopped.value)
+  assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # Restored.
+  monkeypatch.undo()
+  _assert_same_run(train.train_and_evaluate(tiny_config(epochs=2), workdir), workdir, straight)
+  assert os.listdir(tmp_path / 'partial') == []  # Superseded by the epoch checkpoint.
+
+
+def test_a_crash_resumes_from_the_last_timed_checkpoint(tmp_path, monkeypatch, straight, caplog):
+  config = tiny_config(epochs=2, **{'checkpoint.every_minutes': 1e-9})  # A timed checkpoint after every step.
+
+  def crash(n):
+    if n == 7:
+      raise RuntimeError('the machine went away')
+  _wrap_steps(monkeypatch, crash)
+  with pytest.raises(RuntimeError, match='went away'):
+    train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.undo()
+  caplog.set_level('INFO')
+  state = train.train_and_evaluate(config, str(tmp_path))
+  resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Resumed from')]
+  assert resumed and any(f'at step {n} ' in resumed[0] for n in (5, 6)), resumed  # Mid-epoch 2.
+  _assert_same_run(state, tmp_path, straight)
+
+
+def _damage(step_dir, how):
+  files = sorted((os.path.join(d, f) for d, _, names in os.walk(step_dir) for f in names), key=os.path.getsize)
+  if how == 'truncate':
+    os.truncate(files[-1], 100)
+  else:
+    os.remove(files[-1])
+
+
+def test_damaged_checkpoints_are_skipped_in_one_line_and_never_resumed_over(tmp_path, straight, caplog):
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight[0], workdir)
+  _damage(workdir / 'checkpoints' / '2', 'truncate')
+  caplog.set_level('INFO')
+  train.train_and_evaluate(tiny_config(epochs=3), str(workdir))
+  warnings = [r.getMessage() for r in caplog.records if 'cannot be read' in r.getMessage()]
+  assert len(warnings) == 1 and 'checkpoints/2' in warnings[0] and '\n' not in warnings[0]
+  assert [name.split('-')[:2] for name in os.listdir(workdir / 'damaged')] == [['checkpoints', '2']]
+  rows = _rows(workdir)
+  assert [r['epoch'] for r in rows] == [1, 2, 3] and rows[:2] == _rows(straight[0])  # Epoch 2 again, the same.
+
+  everything = tmp_path / 'all'  # Nothing readable: stop in one line, do not start afresh over them.
+  shutil.copytree(straight[0], everything)
+  _damage(everything / 'checkpoints' / '1', 'delete')
+  _damage(everything / 'checkpoints' / '2', 'truncate')
+  with pytest.raises(checkpointing.CheckpointError, match='no checkpoint in .* can be read') as error:
+    train.train_and_evaluate(tiny_config(epochs=3), str(everything))
+  assert '\n' not in str(error.value)
+  assert sorted(os.listdir(everything / 'checkpoints')) == ['1', '2']
+
+
+def _cli(workdir, *flags, limit_kib=None):
+  command = [sys.executable, '-m', 'rpat_jax.main', f'--workdir={workdir}', *TINY, *flags]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  if limit_kib:  # Writes past this size fail with EFBIG (SIGXFSZ ignored): a full disk for a checkpoint's files.
+    command = ['bash', '-c', f'ulimit -f {limit_kib} && trap "" XFSZ && exec "$@"', 'bash', *command]
+    env['JAX_ENABLE_COMPILATION_CACHE'] = 'false'  # The cache's own files would meet the limit first.
+  return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _one_line(result, status, *fragments):
+  assert result.returncode == status, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('rpat_jax: ')]
+  assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+  return errors[0]
+
+
+def test_the_command_line_refuses_a_busy_workdir_a_changed_config_and_a_full_disk(tmp_path):
+  workdir = tmp_path / 'run'
+  first = _cli(workdir, '--config.epochs=1')
+  assert first.returncode == 0, first.stderr[-3000:]
+  recorded = (workdir / 'config.json').read_text()
+
+  _one_line(_cli(workdir, '--config.epochs=2', '--config.model.width=4', '--config.rpat.lam=0.5'), 2,
+            'model.width: 8 -> 4', 'rpat.lam: 1.0 -> 0.5')
+  assert (workdir / 'config.json').read_text() == recorded  # Not rewritten by a refused run.
+
+  holder = workdir_lock.WorkdirLock(workdir)  # This test process holds the workdir.
+  try:
+    _one_line(_cli(workdir, '--config.epochs=2'), 2, 'is in use by', f'pid {os.getpid()}')
+  finally:
+    holder.release()
+
+  line = _one_line(_cli(workdir, '--config.epochs=2', limit_kib=20), 1, 'saving a checkpoint',
+                   'File too large', 'MB', 'earlier checkpoints are intact')
+  assert 'the state needs about' in line
+  assert sorted(name for name in os.listdir(workdir / 'checkpoints') if name.isdigit()) == ['1']
+  again = _cli(workdir, '--config.epochs=2')  # With space again, the run goes on from epoch 1.
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert [json.loads(line)['epoch'] for line in open(workdir / 'metrics.jsonl')] == [1, 2]
+
+
+def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
+  holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from rpat_jax import workdir_lock; '
+                             f'lock = workdir_lock.WorkdirLock({str(tmp_path)!r}); print("held", flush=True); '
+                             'time.sleep(60)'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                            stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == 'held'
+  with pytest.raises(workdir_lock.WorkdirBusyError, match=f'pid {holder.pid} on'):
+    workdir_lock.WorkdirLock(tmp_path)
+  holder.kill()  # kill -9: no clean-up runs.
+  holder.wait()
+  workdir_lock.WorkdirLock(tmp_path).release()
+
+
+def test_config_changes_that_alter_the_run_are_refused_the_rest_allowed(tmp_path):
+  config = tiny_config()
+  run_config.write(config, tmp_path)
+  allowed = tiny_config(**{'epochs': 9, 'eval.every_epochs': 2, 'log.every_steps': 3, 'checkpoint.keep': 1,
+                           'data.data_dir': '/elsewhere', 'attack.unroll': True})
+  assert run_config.check_resume(allowed, tmp_path)
+  for key, value in (('model.width', 4), ('method', 'trades'), ('attack.eps', 4 / 255), ('rpat.rates', (0.3,)),
+                     ('optimizer.momentum', 0.5), ('batch_size', 32), ('seed', 1), ('data.name', 'cifar10'),
+                     ('schedule.milestones', (1,))):
+    with pytest.raises(run_config.ConfigChangeError, match=f'{key}: ') as error:
+      run_config.check_resume(tiny_config(**{key: value}), tmp_path)
+    assert '\n' not in str(error.value)
+  (tmp_path / 'config.json').write_text('{"model": ')  # A damaged record is refused, not overwritten.
+  with pytest.raises(run_config.ConfigChangeError, match='cannot be read'):
+    run_config.check_resume(config, tmp_path)
+
+
+def test_a_non_finite_loss_stops_within_the_progress_interval(tmp_path, monkeypatch):
+  config = tiny_config(epochs=2, **{'data.synthetic.num_train': 512, 'log.every_steps': 1})  # 8 steps an epoch.
+  real = train.compile_epoch_step
+  calls = []
+
+  def poisoned(*args, **kwargs):  # The loss turns non-finite at global step 11 (the 3rd of epoch 2).
+    step = real(*args, **kwargs)
+
+    def run(state, *inputs):
+      calls.append(1)
+      state, metrics = step(state, *inputs)
+      with jax.transfer_guard('allow'):
+        return state, dict(metrics, loss=metrics['loss'] / (state.step != 11))  # x / 0: inf (nan for 0).
+    return run
+  monkeypatch.setattr(train, 'compile_epoch_step', poisoned)
+  with pytest.raises(train.NonFiniteLossError, match=r'at step 11: loss \(epoch 2\)') as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert '\n' not in str(error.value)
+  assert len(calls) <= 11 + 2 < 16  # Seen two steps later (the loop waits on a step two behind), not at the end.
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1'] and os.listdir(tmp_path / 'best') == ['1']
+  assert [row['epoch'] for row in _rows(tmp_path)] == [1]
