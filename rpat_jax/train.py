@@ -128,10 +128,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     lock = workdir_lock.WorkdirLock(workdir)
     run_config.check_resume(config, workdir)
 
-  _on_process_zero(take_workdir)
   try:
+    _on_process_zero(take_workdir)
     return _train(config, workdir, lock, stop_signals or preemption.StopSignals())
-  finally:
+  finally:  # Also when the config check refused: the lock is not left held by this process.
     if lock is not None:
       lock.release()
 

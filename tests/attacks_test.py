@@ -144,3 +144,22 @@ def test_small_noise_pgd_stays_in_ball_and_box_and_raises_its_loss(norm, eps, st
   again = attacks.small_noise_pgd(logits_fn, jax.random.key(0), x, loss_fn, norm=norm, eps=eps, step_size=step,
                                   steps=5)
   np.testing.assert_array_equal(x_adv, again)
+
+
+@pytest.mark.parametrize('norm, eps', [('linf', 8 / 255), ('l2', 0.5)])
+def test_evaluation_pgd_and_cw_do_not_depend_on_the_batch_size(norm, eps):
+  """Each point's random start is keyed by its index among the points, not by its batch."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from rpat_jax.evaluate.pgd import make_robustness  # pylint: disable=import-outside-toplevel
+  weights = jax.random.normal(jax.random.key(1), (8 * 8 * 3, 10))
+  logits_fn = lambda x: x.reshape(x.shape[0], -1) @ weights
+  x = np.asarray(jax.random.uniform(jax.random.key(2), (12, 8, 8, 3)))
+  y = np.asarray(jnp.argmax(logits_fn(x), -1))
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(12))
+  whole = attacks.random_start(keys, jnp.asarray(x), norm=norm, eps=eps)
+  parts = [attacks.random_start(keys[i:i + 4], jnp.asarray(x[i:i + 4]), norm=norm, eps=eps) for i in (0, 4, 8)]
+  np.testing.assert_array_equal(np.asarray(whole), np.concatenate(parts))
+  robust = make_robustness(logits_fn, ml_collections.ConfigDict(dict(norm=norm, eps=eps, step_size=eps / 4)),
+                           seed=0, steps=3)
+  for loss in ('ce', 'cw'):
+    np.testing.assert_array_equal(robust(x, y, 12, loss), robust(x, y, 4, loss))

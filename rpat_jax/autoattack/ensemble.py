@@ -13,8 +13,8 @@ counts every point, clean-misclassified ones included. Differences, on purpose:
   keeps flags only, per attack).
 """
 
+import io
 import json
-import os
 import time
 from typing import Callable, Dict, Optional, Sequence
 
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpat_jax import parallel
+from rpat_jax import paths
 from rpat_jax.autoattack import apgd, checks, fab, square
 
 VERSIONS = {
@@ -140,7 +141,7 @@ def _perturbation_norm(delta: np.ndarray, norm: str) -> np.ndarray:
 
 
 class _State:
-  """Everything needed to resume, saved as one .npz written atomically (temp file, then rename).
+  """Everything needed to resume, saved as one .npz written atomically (`paths.write_atomic`).
 
   The file records the settings and `binding` (the caller's digest of the attacked weights) it was
   written for: a file written for anything else, or one that cannot be read, is reported in one line and
@@ -151,7 +152,7 @@ class _State:
                log: Callable[[str], None]):
     self.path, self.meta = path, meta
     self._fresh(x, clean_pred, y)
-    if path and os.path.exists(path):
+    if path and paths.as_path(path).exists():
       try:
         self._load(log)
       except Exception as error:  # pylint: disable=broad-except  # Truncated zip, missing key, bad JSON...
@@ -168,7 +169,7 @@ class _State:
     self.zero_gradient_points, self.seconds = 0, 0.0
 
   def _load(self, log):
-    with np.load(self.path, allow_pickle=False) as saved:
+    with np.load(io.BytesIO(paths.as_path(self.path).read_bytes()), allow_pickle=False) as saved:
       saved_meta = json.loads(str(saved['meta']))
       if saved_meta != self.meta:
         changed = sorted(k for k in set(saved_meta) | set(self.meta) if saved_meta.get(k) != self.meta.get(k))
@@ -189,13 +190,14 @@ class _State:
   def save(self):
     if not self.path or jax.process_index() != 0:  # One writer; every process resumes from the file.
       return
-    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    temporary = self.path + '.tmp.npz'
-    np.savez(temporary, meta=json.dumps(self.meta), robust=self.robust, x_adv=self.x_adv, y_adv=self.y_adv,
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=json.dumps(self.meta), robust=self.robust, x_adv=self.x_adv, y_adv=self.y_adv,
              start_robust=self.start_robust, attack_position=self.attack_position,
              chunk_position=self.chunk_position, per_attack=json.dumps(self.per_attack),
              zero_gradient_points=self.zero_gradient_points, seconds=self.seconds)
-    os.replace(temporary, self.path)
+    path = paths.as_path(self.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    paths.write_atomic(path, buffer.getvalue())
 
 
 def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 255, version: str = 'standard',
