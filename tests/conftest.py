@@ -56,7 +56,8 @@ def pytest_configure(config):
 
 
 # The slowest files first, so that two workers end together instead of one waiting for a long test at the end.
-_FIRST = ('parallel_test', 'evaluate_test', 'bench_test', 'train_test', 'table_rows_test', 'steps_test')
+_FIRST = ('parallel_test', 'evaluate_test', 'bench_test', 'train_test', 'preemption_test', 'table_rows_test',
+          'steps_test')
 
 
 def pytest_collection_modifyitems(items):

@@ -257,7 +257,8 @@ def test_importing_the_converter_does_not_import_torch():
 
 
 @pytest.mark.parametrize('content, message', [
-    (os.urandom(512), "its bytes are not what torch.save writes"),
+    (b'not a state_dict ' * 32, 'its bytes are not what torch.save writes'),
+    (bytes(512), 'its bytes are not what torch.save writes'),
     (b'', 'the file is empty or cut short'),
 ])
 def test_a_file_that_is_not_a_state_dict_is_one_line(tmp_path, capsys, content, message):

@@ -282,10 +282,8 @@ def load_torch_file(path: str) -> Dict[str, np.ndarray]:
   except Exception as error:  # pylint: disable=broad-except  # Unpickling, EOF, zip and weights_only errors.
     if isinstance(error, EOFError) or os.path.getsize(path) == 0:
       reason = 'the file is empty or cut short'
-    elif type(error).__name__ == 'UnpicklingError':
-      reason = 'its bytes are not what torch.save writes'
-    else:
-      reason = f'{type(error).__name__}: {(str(error).strip().splitlines() or [""])[0][:200]}'
+    else:  # torch's own messages here talk about weights_only and legacy formats: beside the point.
+      reason = f'its bytes are not what torch.save writes: {type(error).__name__}'
     raise ValueError(f'--from_torch={path} is not a readable PyTorch state_dict file ({reason})') from None
   if isinstance(loaded, Mapping) and isinstance(loaded.get('state_dict'), Mapping):
     loaded = loaded['state_dict']
