@@ -217,10 +217,14 @@ class Checkpoints:
       self._finish(manager)
     self.check()
 
-  def close(self) -> None:
-    """Waits for pending saves (raising if one failed), then releases the managers."""
+  def close(self, quiet: bool = False) -> None:
+    """Waits for pending saves (raising if one failed, unless `quiet`: while another error leaves), then
+    releases the managers."""
     try:
       self.wait()
+    except CheckpointSaveError:
+      if not quiet:
+        raise
     finally:
       for manager in (self._last, self._best, self._partial):
         if manager is not None:

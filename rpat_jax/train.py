@@ -201,33 +201,40 @@ def _train(config, workdir, lock, stop) -> steps.TrainState:
 
   loop = _Loop(config, experiment, checkpoints, lock, stop, train_images, train_labels, time.monotonic())
   log = metrics_log.MetricsLog(workdir, resume_epoch=meta['epoch'])
-  with stop:
-    for epoch in range(first_epoch, config.epochs):
+  try:
+    with stop:
+      for epoch in range(first_epoch, config.epochs):
+        _stop_if_requested(loop, state, None)
+        first_index = int(state.step) - epoch * steps_per_epoch
+        row = _train_epoch(loop, epoch_step_for(epoch), state, epoch, first_index, earlier if first_index else None,
+                           earlier_seconds if first_index else 0.0, meta)
+        state = row.pop('state')
+        if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.epochs:
+          eval_start = time.perf_counter()
+          sums = jax.device_get(evaluate(state, *eval_data))
+          row['test_clean_acc'] = float(sums['clean_correct'] / sums['count'])
+          row['test_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
+          if config.ema.enabled:  # The weight average, evaluated the same way (same points, same key).
+            sums = jax.device_get(evaluate(steps.averaged(state), *eval_data))
+            row['test_ema_clean_acc'] = float(sums['clean_correct'] / sums['count'])
+            row['test_ema_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
+          row['eval_seconds'] = time.perf_counter() - eval_start
+        is_best = row.get('test_pgd_acc', -1.0) > meta['best_pgd_acc']
+        if is_best:
+          meta.update(best_pgd_acc=row['test_pgd_acc'], best_epoch=epoch + 1)
+        meta['epoch'] = epoch + 1
+        log.write(row)  # Before the checkpoint: a resume trims rows past the checkpoint it restores.
+        checkpoints.save(epoch + 1, state, dict(meta), is_best, step=int(row['step']))
+        loop.last_save = time.monotonic()
       _stop_if_requested(loop, state, None)
-      first_index = int(state.step) - epoch * steps_per_epoch
-      row = _train_epoch(loop, epoch_step_for(epoch), state, epoch, first_index, earlier if first_index else None,
-                         earlier_seconds if first_index else 0.0, meta)
-      state = row.pop('state')
-      if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.epochs:
-        eval_start = time.perf_counter()
-        sums = jax.device_get(evaluate(state, *eval_data))
-        row['test_clean_acc'] = float(sums['clean_correct'] / sums['count'])
-        row['test_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
-        if config.ema.enabled:  # The weight average, evaluated the same way (same points, same key).
-          sums = jax.device_get(evaluate(steps.averaged(state), *eval_data))
-          row['test_ema_clean_acc'] = float(sums['clean_correct'] / sums['count'])
-          row['test_ema_pgd_acc'] = float(sums['pgd_correct'] / sums['count'])
-        row['eval_seconds'] = time.perf_counter() - eval_start
-      is_best = row.get('test_pgd_acc', -1.0) > meta['best_pgd_acc']
-      if is_best:
-        meta.update(best_pgd_acc=row['test_pgd_acc'], best_epoch=epoch + 1)
-      meta['epoch'] = epoch + 1
-      log.write(row)  # Before the checkpoint: a resume trims rows past the checkpoint it restores.
-      checkpoints.save(epoch + 1, state, dict(meta), is_best, step=int(row['step']))
-      loop.last_save = time.monotonic()
-    _stop_if_requested(loop, state, None)
+  except checkpointing.CheckpointSaveError:
+    raise  # The managers are closed already; the earlier checkpoints are intact.
+  except BaseException:
+    checkpoints.close(quiet=True)  # Pending saves complete before the error leaves (a crash keeps them).
+    raise
+  finally:
+    log.close()
   checkpoints.close()
-  log.close()
   return state
 
 
