@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpat_jax import models
+from rpat_jax import paths
 
 
 
@@ -302,7 +303,7 @@ def save_variables(variables: Mapping[str, Any], directory: str) -> None:
   """Writes {'params', 'batch_stats'} as an Orbax StandardSave into the new directory `directory`."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(directory), {name: variables[name] for name in ('params', 'batch_stats')})
+    checkpointer.save(paths.as_path(directory), {name: variables[name] for name in ('params', 'batch_stats')})
     checkpointer.wait_until_finished()
 
 
@@ -311,7 +312,7 @@ def load_variables(directory: str) -> Dict[str, Any]:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore(os.path.abspath(directory))
+      restored = checkpointer.restore(paths.as_path(directory))
   except Exception as error:  # pylint: disable=broad-except  # Orbax and TensorStore raise many kinds.
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
     raise ValueError(f'{directory} is not a readable Orbax directory of Flax variables ({reason[:200]})') from None
