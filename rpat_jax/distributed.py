@@ -128,3 +128,20 @@ def any_process(flag: bool) -> bool:
     return bool(flag)
   from jax.experimental import multihost_utils
   return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
+class ProcessZeroRefused(DistributedError):
+  """What the other processes raise when process 0's part of the set-up failed (its own line says why)."""
+
+
+def on_process_zero(setup) -> None:
+  """Runs `setup()` on process 0 only (taking a lock, writing a record); if it raises there, every process
+  raises, so none waits forever in the next collective."""
+  error = None
+  if jax.process_index() == 0:
+    try:
+      setup()
+    except Exception as caught:  # pylint: disable=broad-except  # Re-raised below, on every process.
+      error = caught
+  if any_process(error is not None):
+    raise error if error is not None else ProcessZeroRefused('process 0 stopped during set-up; see its message')

@@ -60,7 +60,7 @@ def main(argv, cli) -> None:
     config_validation.validate(config, jax.device_count())
     train.train_and_evaluate(config, cli.workdir.value)
   except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError, paths.PathError,
-          run_config.ConfigChangeError, train.SetupRefused) as error:
+          run_config.ConfigChangeError) as error:
     cli_lib.fail(PROG, error)
   except (checkpointing.CheckpointError, train.NonFiniteLossError) as error:
     cli_lib.fail(PROG, error, status=1)

@@ -81,10 +81,6 @@ class NonFiniteLossError(FloatingPointError):
   """A training metric became NaN or infinite; the message is one line naming the step and the terms."""
 
 
-class SetupRefused(RuntimeError):
-  """Process 0 refused the workdir; the other processes raise this with a pointer to its message."""
-
-
 def _first_non_finite(host_metrics: List[Dict[str, Any]], first_step: int) -> Optional[str]:
   """'step N: loss, rpat_loss' for the first step with a non-finite metric, or None."""
   for offset, metrics in enumerate(host_metrics):
@@ -96,18 +92,6 @@ def _first_non_finite(host_metrics: List[Dict[str, Any]], first_step: int) -> Op
 
 def _mean_metrics(host_metrics: List[Dict[str, Any]]) -> Dict[str, float]:
   return {key: float(np.mean([np.float32(m[key]) for m in host_metrics])) for key in host_metrics[0]}
-
-
-def _on_process_zero(setup):
-  """Runs `setup()` on process 0 only; if it raises there, every process raises (none waits forever)."""
-  error = None
-  if jax.process_index() == 0:
-    try:
-      setup()
-    except Exception as caught:  # pylint: disable=broad-except  # Re-raised below, on every process.
-      error = caught
-  if distributed.any_process(error is not None):
-    raise error if error is not None else SetupRefused('process 0 refused the workdir; see its message')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike,
@@ -129,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     run_config.check_resume(config, workdir)
 
   try:
-    _on_process_zero(take_workdir)
+    distributed.on_process_zero(take_workdir)
     return _train(config, workdir, lock, stop_signals or preemption.StopSignals())
   finally:  # Also when the config check refused: the lock is not left held by this process.
     if lock is not None:

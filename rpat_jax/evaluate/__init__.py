@@ -28,6 +28,7 @@ from absl import logging
 from rpat_jax import autoattack
 from rpat_jax import config_validation
 from rpat_jax import data
+from rpat_jax import distributed
 from rpat_jax import paths
 from rpat_jax import threats
 from rpat_jax import workdir_lock
@@ -108,9 +109,16 @@ def run(config, workdir: str, *, checkpoint: str = 'best', n_examples: int = 100
   if variables_dir:
     checkpoint = 'variables'
   digest = weights_digest(params, batch_stats)
-  out_dir = paths.make_dir(paths.as_path(workdir) / 'eval', what='evaluation directory')
-  lock = workdir_lock.WorkdirLock(out_dir, what='evaluation directory') if jax.process_index() == 0 else None
+  out_dir = paths.as_path(workdir) / 'eval'
+  lock = None
+
+  def take_out_dir():
+    nonlocal lock
+    paths.make_dir(out_dir, what='evaluation directory')
+    lock = workdir_lock.WorkdirLock(out_dir, what='evaluation directory')
+
   try:
+    distributed.on_process_zero(take_out_dir)
     logits_fn = lambda images: forward.eval_logits(params, batch_stats, images).astype(jnp.float32)
     devices = jax.device_count()  # Batches are split over all of them: round up to a multiple.
     batch_size = -(-min(batch_size, count) // devices) * devices
