@@ -28,6 +28,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from rpat_jax import distributed
 from rpat_jax import paths
 
 
@@ -60,7 +61,6 @@ class Checkpoints:
 
   def __init__(self, workdir: paths.PathLike, keep: int, *, read_only: bool = False):
     self.workdir = paths.as_path(workdir)
-    self._read_only = read_only
     self._state_megabytes = 0.0
 
     # Multi-host: process 0 writes, all wait at barriers named after the step. Managers that may save the
@@ -137,7 +137,6 @@ class Checkpoints:
       target.parent.mkdir(parents=True, exist_ok=True)
       source.rename(target)
     logging.warning('Checkpoint %s cannot be read (%s): skipped, moved to %s.', source, reason, target)
-    from rpat_jax import distributed  # pylint: disable=import-outside-toplevel
     distributed.barrier(f'rpat_set_aside_{manager.directory.name}_{number}')
     manager.reload()
 

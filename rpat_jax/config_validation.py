@@ -165,3 +165,4 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
           and math.isfinite(config.checkpoint.every_minutes),
           f'checkpoint.every_minutes={config.checkpoint.every_minutes!r} must be a number >= 0 (0 = off)')
   choice('log.progress', config.log.progress, PROGRESS)
+  _positive('log.every_steps', config.log.every_steps, int)

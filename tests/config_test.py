@@ -111,6 +111,7 @@ def test_smoke_config_is_valid():
     ({'data.synthetic.num_test': 0}, 'data.synthetic.num_test='),
     ({'data.synthetic.num_classes': 1}, 'data.synthetic.num_classes='),
     ({'checkpoint.every_minutes': -1.0}, 'checkpoint.every_minutes='),
+    ({'log.every_steps': 0}, 'log.every_steps='),
 ])
 def test_each_bad_value_names_its_key(overrides, key):
   config = _resolved(**overrides)
