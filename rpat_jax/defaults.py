@@ -190,12 +190,21 @@ def _sotas_recipe(config, method):
   config.ema.start_epoch = 105
 
 
+def _reference_training(config, method):
+  """The motivating figure's references (`standard`: clean images; `noise`: uniform noise in the eps-box):
+  no attack, so no RPAT either."""
+  config.method = method
+  config.rpat.enabled = False
+
+
 # One word per table column: dataset, method, RPAT on/off, threat, and `smoke`.
 CONFIG_WORDS = {
     'smoke': _smoke,
     'cifar10': _setter('data.name', 'cifar10'),
     'cifar100': _setter('data.name', 'cifar100'),
     'tiny_imagenet': _tiny_imagenet,
+    'standard': lambda config: _reference_training(config, 'standard'),
+    'noise': lambda config: _reference_training(config, 'noise'),
     'pgd_at': _setter('method', 'pgd_at'),
     'trades': _setter('method', 'trades'),
     'mart': _setter('method', 'mart'),
@@ -213,7 +222,8 @@ def apply_words(config, arg):
   """Applies a config string (`--config=configs/prn18.py:cifar100,trades,rpat,l2`), left to right.
 
   Words: smoke (a CPU-sized check of the same model: synthetic data, 1 epoch, PGD-2), cifar10, cifar100,
-  tiny_imagenet (also the stride-2 stem of [B]'s models for 64x64), pgd_at, trades, mart, consistency,
+  tiny_imagenet (also the stride-2 stem of [B]'s models for 64x64), standard and noise (the motivating
+  figure's reference trainings, RPAT off), pgd_at, trades, mart, consistency,
   rebat, rpat_plus_plus (each with [S]'s whole recipe), rpat, no_rpat, linf, l2. An unknown word raises a
   ValueError naming the allowed ones.
   """

@@ -181,6 +181,19 @@ def mart_ce_attack(config, logits_fn, key, x, labels):
   return attacks.small_noise_pgd(logits_fn, key, x, ce, **_hyper(config))
 
 
+def no_attack(config, logits_fn, key, x, labels):
+  """Standard training: the training input is the clean image (named 'adv' as every method's train input)."""
+  del config, logits_fn, key, labels
+  return x
+
+
+def uniform_noise_attack(config, logits_fn, key, x, labels):
+  """The paper's noise baseline: clip(x + U(-eps, eps)) per pixel, whatever the norm (no gradient)."""
+  del logits_fn, labels
+  eps = config.attack.eps
+  return jnp.clip(x + jax.random.uniform(key, x.shape, x.dtype, -eps, eps), 0.0, 1.0)
+
+
 def sotas_pgd_attack(config, logits_fn, key, x, labels):
   """[S]'s `attack_pgd`: the cross-entropy from a random start in the eps-ball (`attack.random_start`)."""
   return attacks.pgd_sotas(logits_fn, key, x, labels, random_init=config.attack.random_start, **_hyper(config))
@@ -258,3 +271,8 @@ RPAT_PLUS_PLUS = register(Method(  # [S] train_cifar_ra.py: the teacher term is 
     name='rpat_plus_plus', attack=sotas_pgd_attack, passes=(ADV,), loss=_adversarial_ce_loss,
     teacher=Teacher(inputs=('clean', 'shifted'), loss=_rpat_plus_plus_term, weight=lambda config: config.rebat.beta),
     post_step_input='clean', validate=_validate_rebat))
+# The two reference trainings of the paper's motivating figure (its `evals.py` diagnostic): not adversarial.
+STANDARD = register(Method(  # The paper's figure 1 reference: cross-entropy on clean images, no attack.
+    name='standard', attack=no_attack, passes=(ADV,), loss=_adversarial_ce_loss))
+NOISE = register(Method(  # The figure's other reference: cross-entropy on uniformly perturbed images.
+    name='noise', attack=uniform_noise_attack, passes=(ADV,), loss=_adversarial_ce_loss))

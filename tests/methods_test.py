@@ -21,6 +21,8 @@ OFFICIAL_ORDERS = {
     'consistency': (('adv',), ('adv', 'interp', 'clean')),
     'rebat': (('adv',), None),
     'rpat_plus_plus': (('adv',), None),
+    'standard': (('adv',), None),  # The figure's references: one forward of the training input (x, or x + noise).
+    'noise': (('adv',), None),
 }
 
 
@@ -124,3 +126,20 @@ def test_sotas_methods_attack_from_a_start_inside_the_eps_ball(method, norm):
   config.attack.random_start = False
   unmoved = methods.get(method).attack(config, flat_logits, jax.random.key(0), x, labels)
   np.testing.assert_array_equal(unmoved, x)
+
+
+def test_the_figure_references_train_on_x_and_on_uniform_noise_in_the_box():
+  """`standard` trains on x itself, `noise` on clip(x + U(-eps, eps)); their config words turn RPAT off."""
+  from configs import smoke  # pylint: disable=import-outside-toplevel
+  config = threats.resolve(smoke.get_config('standard'))
+  assert config.method == 'standard' and not config.rpat.enabled
+  config_validation.validate(config, device_count=1)
+  x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
+  labels = jnp.zeros(4, jnp.int32)
+  assert methods.get('standard').attack(config, None, jax.random.key(1), x, labels) is x
+  config = threats.resolve(smoke.get_config('noise'))
+  noisy = methods.get('noise').attack(config, None, jax.random.key(1), x, labels)
+  eps = config.attack.eps
+  assert float(jnp.abs(noisy - x).max()) <= eps + 1e-7 and 0 <= float(noisy.min()) and float(noisy.max()) <= 1
+  inside = (x > eps) & (x < 1 - eps)  # Away from the clip: the noise is uniform over (-eps, eps).
+  assert abs(float(jnp.abs(noisy - x)[inside].mean()) - eps / 2) < eps / 10
