@@ -75,5 +75,19 @@ def check_resume(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> 
   return True
 
 
+def read(workdir: paths.PathLike) -> ml_collections.ConfigDict:
+  """The config a run recorded (its `config.json`), for tools that act on the run (evaluation, reports)."""
+  path = paths.as_path(workdir) / FILE
+  if not path.exists():
+    raise FileNotFoundError(f'{path} does not exist (is --workdir a training run?); give --config')
+  try:
+    recorded = json.loads(path.read_text())
+    if not isinstance(recorded, dict):
+      raise ValueError('not a JSON object')
+  except Exception as error:  # pylint: disable=broad-except
+    raise ConfigChangeError(f'{path} cannot be read ({paths.describe_error(error)}); give --config') from None
+  return ml_collections.ConfigDict(recorded)
+
+
 def write(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> None:
   paths.write_atomic(paths.as_path(workdir) / FILE, as_json(config))

@@ -1,6 +1,7 @@
 """Bad input to the command-line tools is one line and exit status 2, before anything is built: flags and
 config files as parsed (`cli.parse_flags`), and each binary's own checks (its `main`, in this process)."""
 
+import json
 import os
 import sys
 
@@ -84,3 +85,17 @@ def test_evaluation_errors_are_one_line_and_create_nothing(flag, message, capsys
     evaluate_main.main(['evaluate'], holders)
   assert exit_info.value.code == 2 and message in _one_error_line(capsys, 'rpat_jax.evaluate')
   assert not workdir.exists()
+
+
+def test_evaluation_takes_the_runs_own_config_when_none_is_given(capsys, monkeypatch, tmp_path):
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from rpat_jax import config_validation, run_config, threats  # pylint: disable=import-outside-toplevel
+  run_config.write(tiny_config(), tmp_path)
+  recorded = threats.resolve(run_config.read(tmp_path))
+  config_validation.validate(recorded, device_count=1)
+  assert run_config.changed_keys(json.loads(run_config.as_json(recorded)), tiny_config()) == []
+  holders = _parse(evaluate_main, ['evaluate', f'--workdir={tmp_path / "no_run"}'], monkeypatch)
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate_main.main(['evaluate'], holders)
+  assert exit_info.value.code == 2
+  assert 'no_run/config.json does not exist' in _one_error_line(capsys, 'rpat_jax.evaluate')

@@ -1,6 +1,6 @@
 """The evaluation binary: clean, PGD-20, CW-20 and AutoAttack accuracy of a training run's checkpoint.
 
-  python -m rpat_jax.evaluate --config=configs/prn18.py --workdir=runs/prn18_rpat
+  python -m rpat_jax.evaluate --workdir=runs/prn18_rpat    # the run's own config.json
   python -m rpat_jax.evaluate --config=configs/prn18.py --workdir=runs/prn18_rpat --checkpoint=last \
       --n_examples=1000 --aa_version=custom --attacks=apgd-ce,apgd-t
 
@@ -25,6 +25,7 @@ from rpat_jax import distributed
 from rpat_jax import evaluate
 from rpat_jax import metrics_log
 from rpat_jax import paths
+from rpat_jax import run_config
 
 PROG = 'rpat_jax.evaluate'
 
@@ -33,7 +34,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNam
   """Defines the evaluation binary's flags (and the multi-process ones) on `flag_values`."""
   values = dict(flag_values=flag_values)
   cli = types.SimpleNamespace(
-      config=config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
+      config=config_flags.DEFINE_config_file('config', None, 'The config the run was trained with (default: '
+                                             "the run's own config.json).",
                                              lock_config=False, **values),
       workdir=flags.DEFINE_string('workdir', None, 'The training run directory (its checkpoints).', **values),
       checkpoint=flags.DEFINE_string('checkpoint', 'best', "'best', 'last', or an epoch number.", **values),
@@ -54,7 +56,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNam
       bf16=flags.DEFINE_bool('bf16', False, 'Run the model in bfloat16 (float32 is the default and the '
                              'reference).', **values),
       distributed=distributed.define_flags(flag_values))
-  flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
+  flags.mark_flags_as_required(['workdir'], flag_values=flag_values)
   return cli
 
 
@@ -70,13 +72,14 @@ def main(argv, cli) -> None:
       raise ValueError(f'--aa_options is not JSON: {error}') from None
     if options is not None and not (isinstance(options, dict) and all(isinstance(v, dict) for v in options.values())):
       raise ValueError('--aa_options must be a JSON object of objects, e.g. \'{"square": {"n_queries": 1000}}\'')
-    results = evaluate.run(cli.config.value, cli.workdir.value, checkpoint=cli.checkpoint.value,
+    config = cli.config.value if cli.config.value is not None else run_config.read(cli.workdir.value)
+    results = evaluate.run(config, cli.workdir.value, checkpoint=cli.checkpoint.value,
                            n_examples=cli.n_examples.value, aa_version=cli.aa_version.value,
                            attack_names=cli.attacks.value, aa_options=options, batch_size=cli.batch_size.value,
                            seed=cli.seed.value, bf16=cli.bf16.value, variables_dir=cli.variables.value,
                            ema=cli.ema.value)
   except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError,
-          FileNotFoundError, ValueError, paths.PathError) as error:
+          FileNotFoundError, ValueError, paths.PathError) as error:  # ConfigChangeError is a ValueError.
     cli_lib.fail(PROG, error)
   except checkpointing.CheckpointError as error:
     cli_lib.fail(PROG, error, status=1)
