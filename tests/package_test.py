@@ -55,7 +55,7 @@ def test_the_wheel_holds_every_subpackage_and_runs_from_another_directory(tmp_pa
     metadata = archive.read(next(n for n in names if n.endswith('METADATA'))).decode()
   packages = {os.path.dirname(name) for name in names if name.endswith('.py')}
   assert packages == {'rpat_jax', 'rpat_jax/autoattack', 'rpat_jax/bench', 'rpat_jax/convert', 'rpat_jax/data',
-                      'rpat_jax/evaluate', 'rpat_jax/models'}
+                      'rpat_jax/evaluate', 'rpat_jax/models', 'rpat_jax/perception'}
   assert 'Requires-Dist: jax==' in metadata and 'Requires-Dist: ml-collections==' in metadata
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
