@@ -170,27 +170,34 @@ def test_a_busy_workdir_and_a_changed_config_are_refused_in_one_line(tmp_path, m
 
 
 @contextlib.contextmanager
-def _file_size_limit(kib: int):
-  """Writes past `kib` KiB fail with EFBIG (SIGXFSZ ignored) in this process: a full disk for the files a
-  checkpoint writes (the state's data file is larger), not for the small ones of the run's records. The
-  shared compilation cache is read but not written meanwhile (a cut entry would trouble other tests)."""
+def _disk_full_from_the_next_save(monkeypatch):
+  """From the next checkpoint save on, writes past 2 KiB fail with EFBIG in this process (SIGXFSZ ignored):
+  a full disk for every file a checkpoint writes (its data and metadata files are larger), after the run's
+  own records of the epoch are written. The shared compilation cache is not written meanwhile."""
   limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
   min_entry = jax.config.jax_persistent_cache_min_entry_size_bytes
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 2**62)
-  resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, limits[1]))
+  real_save = checkpointing.Checkpoints.save
+
+  def save(self, *args, **kwargs):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, limits[1]))
+    return real_save(self, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.Checkpoints, 'save', save)
   try:
     yield
   finally:
     resource.setrlimit(resource.RLIMIT_FSIZE, limits)
     signal.signal(signal.SIGXFSZ, handler)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', min_entry)
+    monkeypatch.setattr(checkpointing.Checkpoints, 'save', real_save)
 
 
 # TensorStore's leftover write callbacks report 'Event loop is closed' (the command line drops those).
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
-def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_checkpoints(tmp_path):
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_checkpoints(tmp_path, monkeypatch):
   train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))
-  with _file_size_limit(20), pytest.raises(checkpointing.CheckpointSaveError) as error:
+  with _disk_full_from_the_next_save(monkeypatch), pytest.raises(checkpointing.CheckpointSaveError) as error:
     train.train_and_evaluate(tiny_config(epochs=2), str(tmp_path))
   line = str(error.value)
   for fragment in ('saving a checkpoint in', 'File too large', 'the state needs about', 'MB are free there',
