@@ -4,7 +4,7 @@ Local directories: an exclusive `flock` on `<dir>/lock`, which the kernel releas
 (even by `kill -9`), so a dead run never blocks the next. The file records the holder (host, pid, command,
 start time) for the refusal's message. Object stores have no locks: there the file is the lock, refreshed
 by the holder (`refresh`) and taken over once it is older than `STALE_SECONDS` or its holder is a dead
-process on this host.
+process on this host; so are local file systems that refuse `flock`.
 """
 
 import datetime
@@ -74,6 +74,10 @@ class WorkdirLock:
     except BlockingIOError:
       handle.close()
       self._refuse(self._read())
+    except OSError:  # A file system without flock (some NFS mounts): the heartbeat file, as on object stores.
+      handle.close()
+      self._acquire_remote()
+      return
     handle.seek(0)
     handle.truncate()
     handle.write(json.dumps(_holder()))

@@ -102,3 +102,16 @@ def test_no_module_touches_workdir_files_but_through_the_path_layer():
       source = f.read()
     for pattern in (r'\bopen\(', r'os\.path\.', r'os\.makedirs', r'os\.replace', r'np\.savez\([a-z_.]*path'):
       assert not re.search(pattern, source), f'{module}: {pattern}'
+
+
+def test_a_local_file_system_without_flock_falls_back_to_the_heartbeat_file(tmp_path, monkeypatch):
+  import fcntl  # pylint: disable=import-outside-toplevel
+
+  def no_flock(*args):
+    raise OSError(37, 'No locks available')
+  monkeypatch.setattr(fcntl, 'flock', no_flock)
+  held = workdir_lock.WorkdirLock(tmp_path)
+  with pytest.raises(workdir_lock.WorkdirBusyError, match=f'pid {os.getpid()} on'):
+    workdir_lock.WorkdirLock(tmp_path)
+  held.release()
+  assert not (tmp_path / 'lock').exists()
