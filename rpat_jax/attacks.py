@@ -46,6 +46,12 @@ def clip_to_image(x: jax.Array, delta: jax.Array) -> jax.Array:
   return jnp.clip(x + delta, 0.0, 1.0) - x
 
 
+def point_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
+  """One key per point, folded from `key` with the point's index among all points: [N] typed keys, so a
+  point's randomness does not depend on the batch it is attacked in."""
+  return jax.vmap(lambda index: jax.random.fold_in(key, index))(indices)
+
+
 def random_start(key: jax.Array, x: jax.Array, *, norm: str, eps: float) -> jax.Array:
   """A random initial perturbation inside the threat set, as advertorch's `rand_init_delta`.
 

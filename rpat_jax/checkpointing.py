@@ -82,9 +82,6 @@ class Checkpoints:
     self._partial_cleanup_after: Optional[int] = None
     self._pending = set()  # Managers with a save whose outcome is not known yet.
 
-  def latest_epoch(self) -> Optional[int]:
-    return self._last.latest_step()
-
   def _restore(self, manager, step: int, target_state) -> Tuple[Any, Dict[str, Any]]:
     target = flax.serialization.to_state_dict(target_state)
     restored = manager.restore(step, args=ocp.args.Composite(

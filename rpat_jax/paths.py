@@ -85,7 +85,3 @@ def make_dir(path: PathLike, what: str = 'workdir') -> epath.Path:
   except Exception as error:  # pylint: disable=broad-except  # Every backend raises its own kind.
     raise PathError(f'{what} {path} is not writable: {describe_error(error)}') from None
   return path
-
-
-def read_text(path: PathLike) -> str:
-  return as_path(path).read_text()

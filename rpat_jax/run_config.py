@@ -54,20 +54,23 @@ def changed_keys(recorded: Dict[str, Any], config: ml_collections.ConfigDict) ->
   return changes
 
 
+def _load(path, remedy: str) -> Dict[str, Any]:
+  try:
+    recorded = json.loads(path.read_text())
+    if not isinstance(recorded, dict):
+      raise ValueError('not a JSON object')
+  except Exception as error:  # pylint: disable=broad-except
+    raise ConfigChangeError(f'{path} cannot be read ({paths.describe_error(error)}); {remedy}') from None
+  return recorded
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> bool:
   """Raises ConfigChangeError if `workdir/config.json` records a run this config would change; returns
   whether the file exists. A file that cannot be read is refused too: it is the run's only record."""
   path = paths.as_path(workdir) / FILE
   if not path.exists():
     return False
-  try:
-    recorded = json.loads(path.read_text())
-    if not isinstance(recorded, dict):
-      raise ValueError('not a JSON object')
-  except Exception as error:  # pylint: disable=broad-except
-    raise ConfigChangeError(f'{path} cannot be read ({paths.describe_error(error)}); it records the run\'s '
-                            'config: restore it, or use another workdir') from None
-  changes = changed_keys(recorded, config)
+  changes = changed_keys(_load(path, "it records the run's config: restore it, or use another workdir"), config)
   if changes:
     raise ConfigChangeError(f'the config differs from the run in {paths.as_path(workdir)} in keys that change what '
                             f'was trained: {"; ".join(changes)}. Resume with the recorded values, or use another '
@@ -80,13 +83,7 @@ def read(workdir: paths.PathLike) -> ml_collections.ConfigDict:
   path = paths.as_path(workdir) / FILE
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist (is --workdir a training run?); give --config')
-  try:
-    recorded = json.loads(path.read_text())
-    if not isinstance(recorded, dict):
-      raise ValueError('not a JSON object')
-  except Exception as error:  # pylint: disable=broad-except
-    raise ConfigChangeError(f'{path} cannot be read ({paths.describe_error(error)}); give --config') from None
-  return ml_collections.ConfigDict(recorded)
+  return ml_collections.ConfigDict(_load(path, 'give --config'))
 
 
 def write(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> None:

@@ -188,7 +188,7 @@ def _train(config, workdir, lock, stop) -> steps.TrainState:
   try:
     with stop:
       for epoch in range(first_epoch, config.epochs):
-        _stop_if_requested(loop, state, None)
+        _stop_if_requested(loop, state)
         first_index = int(state.step) - epoch * steps_per_epoch
         row = _train_epoch(loop, epoch_step_for(epoch), state, epoch, first_index, earlier if first_index else None,
                            earlier_seconds if first_index else 0.0, meta)
@@ -210,7 +210,7 @@ def _train(config, workdir, lock, stop) -> steps.TrainState:
         log.write(row)  # Before the checkpoint: a resume trims rows past the checkpoint it restores.
         checkpoints.save(epoch + 1, state, dict(meta), is_best, step=int(row['step']))
         loop.last_save = time.monotonic()
-      _stop_if_requested(loop, state, None)
+      _stop_if_requested(loop, state)
   except checkpointing.CheckpointSaveError:
     raise  # The managers are closed already; the earlier checkpoints are intact.
   except BaseException:
@@ -222,10 +222,14 @@ def _train(config, workdir, lock, stop) -> steps.TrainState:
   return state
 
 
-def _stop_if_requested(loop: _Loop, state, saved: Optional[str]) -> None:
+def _stop_if_requested(loop: _Loop, state) -> None:
   """Raises Preempted if a signal came (on any process): the newest checkpoint already holds this step."""
-  if not distributed.any_process(loop.stop.requested()):
-    return
+  if distributed.any_process(loop.stop.requested()):
+    _preempted(loop, state, None)
+
+
+def _preempted(loop: _Loop, state, saved: Optional[str]) -> None:
+  """Raises Preempted once the pending saves are complete; `saved`: where this step went, if just saved."""
   loop.checkpoints.wait()
   where = saved or f'the checkpoints in {loop.checkpoints.workdir}'
   raise preemption.Preempted(f'stopped by {loop.stop.name or "a signal on another process"} at step '
@@ -289,7 +293,7 @@ def _train_epoch(loop: _Loop, epoch_step, state, epoch: int, first_index: int, e
         seconds = earlier_seconds + time.perf_counter() - start
         where = _save_partial(loop, state, host_metrics, seconds, meta, stopping=stopping)
         if stopping:
-          _stop_if_requested(loop, state, where)
+          _preempted(loop, state, where)
   fetch_checked(len(step_metrics))
   means = _mean_metrics(host_metrics)
   seconds = time.perf_counter() - start

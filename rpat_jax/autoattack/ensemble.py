@@ -13,6 +13,7 @@ counts every point, clean-misclassified ones included. Differences, on purpose:
   keeps flags only, per attack).
 """
 
+import functools
 import io
 import json
 import time
@@ -24,6 +25,7 @@ import numpy as np
 
 from rpat_jax import parallel
 from rpat_jax import paths
+from rpat_jax.attacks import point_keys as keys_per_point
 from rpat_jax.autoattack import apgd, checks, fab, square
 
 VERSIONS = {
@@ -98,8 +100,7 @@ def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: 
   """
   attack_key = jax.random.fold_in(jax.random.key(seed), ATTACKS.index(name))
 
-  def point_keys(indices):
-    return jax.vmap(lambda i: jax.random.fold_in(attack_key, i))(indices)
+  point_keys = functools.partial(keys_per_point, attack_key)
 
   def run(x, y, indices):
     if name.startswith('apgd'):

@@ -28,6 +28,7 @@ from ml_collections import config_flags
 from rpat_jax import autoattack
 from rpat_jax import cli as cli_lib
 from rpat_jax import config_validation
+from rpat_jax import evaluate
 from rpat_jax import metrics_log
 from rpat_jax import threats
 from rpat_jax.bench import train_bench
@@ -82,10 +83,7 @@ def _check_flags(cli):
                       ('eval_batch_size', cli.eval_batch_size.value)):
     if value < 1:
       raise config_validation.ConfigError(f'--{name}={value}; allowed: an integer >= 1')
-  if cli.checkpoint.value not in ('best', 'last') and not (cli.checkpoint.value.isdigit()
-                                                            and int(cli.checkpoint.value) > 0):
-    raise config_validation.ConfigError(f'--checkpoint={cli.checkpoint.value}; allowed: best, last, or an epoch '
-                                        'number >= 1')
+  evaluate.check_checkpoint(cli.checkpoint.value)
   if cli.workdir.value and not os.path.isdir(cli.workdir.value):
     raise config_validation.ConfigError(f'--workdir={cli.workdir.value} does not exist')
   if cli.warmup.value < 0:

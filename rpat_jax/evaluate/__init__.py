@@ -37,7 +37,7 @@ from rpat_jax.evaluate.pgd import make_robustness
 from rpat_jax.evaluate.variables import restore_variables
 
 __all__ = ['run', 'summary', 'markdown_table', 'pgd_accuracies', 'make_robustness', 'restore_variables',
-           'weights_digest', 'check_options']
+           'weights_digest', 'check_checkpoint', 'check_options']
 
 
 def weights_digest(params, batch_stats) -> str:
@@ -51,10 +51,15 @@ def weights_digest(params, batch_stats) -> str:
   return digest.hexdigest()[:16]
 
 
-def check_options(*, checkpoint: str, n_examples: int, batch_size: int) -> None:
-  """Raises ValueError naming the flag for an evaluation option that cannot run."""
+def check_checkpoint(checkpoint: str) -> None:
+  """Raises ValueError naming --checkpoint unless it is 'best', 'last' or an epoch number."""
   if checkpoint not in ('best', 'last') and not (str(checkpoint).isdigit() and int(checkpoint) > 0):
     raise ValueError(f"--checkpoint={checkpoint}; allowed: best, last, or an epoch number >= 1")
+
+
+def check_options(*, checkpoint: str, n_examples: int, batch_size: int) -> None:
+  """Raises ValueError naming the flag for an evaluation option that cannot run."""
+  check_checkpoint(checkpoint)
   if not isinstance(n_examples, int) or n_examples < 0:
     raise ValueError(f'--n_examples={n_examples}; allowed: an integer >= 0 (0 = the whole test split)')
   if not isinstance(batch_size, int) or batch_size <= 0:

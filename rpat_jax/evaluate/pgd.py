@@ -30,8 +30,8 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
 
   @functools.partial(jax.jit, static_argnames='loss', out_shardings=parallel.replicated(mesh))
   def robust_batch(xb, yb, start, loss):
-    point_keys = jax.vmap(lambda index: jax.random.fold_in(key, index))(start + jnp.arange(xb.shape[0]))
-    x_adv = attacks.pgd(logits_fn, point_keys, xb, yb, loss_fn=LOSSES[loss], **hyper)
+    keys = attacks.point_keys(key, start + jnp.arange(xb.shape[0]))
+    x_adv = attacks.pgd(logits_fn, keys, xb, yb, loss_fn=LOSSES[loss], **hyper)
     return jnp.argmax(logits_fn(x_adv), -1) == yb
 
   def robust(x, y, batch_size: int, loss: str = 'ce') -> np.ndarray:

@@ -40,7 +40,7 @@ def perturb(logits_fn: Callable, x: np.ndarray, y: np.ndarray, attack_config, *,
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def batch(xb, yb, start):
-    keys = jax.vmap(lambda index: jax.random.fold_in(key, index))(start + jnp.arange(xb.shape[0]))
+    keys = attacks.point_keys(key, start + jnp.arange(xb.shape[0]))
     if kind == 'random':
       noise = jax.vmap(lambda k, point: jax.random.uniform(k, point.shape, point.dtype, -eps, eps))(keys, xb)
       return jnp.clip(xb + noise, 0.0, 1.0)
