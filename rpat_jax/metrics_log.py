@@ -18,6 +18,8 @@ from absl import logging
 
 from rpat_jax import paths
 
+FILE = 'metrics.jsonl'  # One JSON object per epoch.
+
 
 class _OwnInfoOnly(std_logging.Filter):
   """Keeps our INFO lines and everyone's warnings: Orbax and JAX log every save and backend probe at INFO.
@@ -70,7 +72,7 @@ class MetricsLog:
   def __init__(self, workdir: paths.PathLike, resume_epoch: int):
     self._writes = jax.process_index() == 0
     workdir = paths.as_path(workdir)
-    self._path = workdir / 'metrics.jsonl'
+    self._path = workdir / FILE
     self._tb = None
     self._rows = []
     if not self._writes:

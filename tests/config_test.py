@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from configs import default, prn18, resnet18, smoke, wrn
+from configs import cpu_study, default, prn18, resnet18, smoke, wrn
 from rpat_jax import config_validation, threats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +37,21 @@ def test_defaults_follow_the_official_benchmark_recipe():
   assert config.attack.bn_mode == 'eval'
   assert config.rpat.enabled and config.rpat.lam == 1.0 and tuple(config.rpat.rates) == (0.5,)
   assert config.rpat.form == 'code' and not config.rpat.fused_forward and not config.rpat.detach_target
+
+
+def test_the_cpu_study_differs_from_the_official_recipe_only_where_its_docstring_says():
+  """docs/results.md: a small CNN on cifar10_jpeg, PGD-5, 5 epochs; RPAT's lam and rate are the defaults."""
+  study = threats.resolve(cpu_study.get_config('pgd_at,rpat')).to_dict()
+  official = threats.resolve(prn18.get_config('pgd_at,rpat')).to_dict()
+  differ = {f'{group}.{key}' for group, values in study.items() if isinstance(values, dict)
+            for key, value in values.items() if official[group][key] != value}
+  differ |= {key for key, value in study.items() if not isinstance(value, dict) and official[key] != value}
+  assert differ == {'model.name', 'model.width', 'data.name', 'epochs', 'schedule.milestones', 'attack.steps',
+                    'eval.num_examples'}
+  assert (study['rpat']['lam'], study['rpat']['rates'], study['attack']['steps']) == (1.0, (0.5,), 5)
+  for word in ('standard', 'noise'):  # The references of the diagnostic: the same model and budget.
+    reference = cpu_study.get_config(word)
+    assert reference.method == word and not reference.rpat.enabled and reference.epochs == 5
 
 
 def test_norm_alone_selects_its_threat_budget():

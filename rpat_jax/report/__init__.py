@@ -1,0 +1,398 @@
+"""Many training runs in one table, as the paper's: rows per run, the change RPAT makes over its base run,
+means over seeds, and the tables as Markdown, CSV and LaTeX.
+
+A run is read from its own files: `config.json` (what was trained), `metrics.jsonl` (the per-epoch
+record) and `eval/results.json` (`python -m rpat_jax.evaluate`). The accuracies come from the evaluation
+only: a run without one has empty cells, never the training log's PGD-10 numbers in the PGD-20 column.
+Mean and NRR are recomputed here from Clean and AA (Mean = (C + A)/2, NRR = 2CA/(C + A)), so a table
+cannot disagree with its own columns.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import statistics
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from rpat_jax import metrics_log
+from rpat_jax import paths
+from rpat_jax import run_config
+from rpat_jax import threats
+
+METRICS = ('clean', 'pgd20', 'aa', 'mean', 'nrr')
+METRIC_NAMES = {'clean': 'Clean', 'pgd20': 'PGD-20', 'aa': 'AA', 'mean': 'Mean', 'nrr': 'NRR'}
+# Keys that do not change what is trained: where it is logged, evaluated during training, checkpointed or
+# cached, and the attack's program form (the same computation). Runs equal elsewhere are the same setting.
+HOUSEKEEPING = ('eval.', 'log.', 'checkpoint.', 'data.data_dir', 'data.cache_dir', 'attack.unroll')
+# What must match for two evaluations to be compared.
+EVALUATION_KEYS = ('n_examples', 'aa_version', 'checkpoint', 'ema', 'seed', 'dtype')
+
+
+class ReportError(ValueError):
+  """A run directory that cannot be reported (named in the message)."""
+
+
+@dataclasses.dataclass
+class Run:
+  """One training run's records, as read from its directory."""
+  path: str
+  name: str
+  config: Dict[str, Any]  # Flattened: 'attack.eps' -> value, with the threat's defaults resolved.
+  metrics: List[Dict[str, Any]]  # metrics.jsonl rows, one per epoch.
+  results: Optional[Dict[str, Any]]  # eval/results.json, or None.
+  perception: Dict[str, Dict[str, Any]]  # 'pgd' / 'random' -> eval/perception_<kind>.json.
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def _read_json(path, what: str) -> Optional[Dict[str, Any]]:
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as error:
+    raise ReportError(f'{what} {path} cannot be read: {paths.describe_error(error)}') from error
+
+
+def load_run(path: str, *, name: Optional[str] = None, ema: bool = False) -> Run:
+  """Reads a run directory; `ema` takes the weight average's results (results_ema.json, perception_*_ema)."""
+  root = paths.as_path(path)
+  if not root.is_dir():
+    raise ReportError(f'{path}: no such run directory')
+  try:
+    config = threats.resolve(run_config.read(root)).to_dict()
+  except FileNotFoundError as error:
+    raise ReportError(f'{path} has no config.json: is it a training run?') from error
+  except ValueError as error:
+    raise ReportError(f'{path}: {error}') from error
+  metrics = []
+  metrics_path = root / metrics_log.FILE
+  if metrics_path.exists():
+    for number, line in enumerate(metrics_path.read_text().splitlines(), 1):
+      if line.strip():
+        try:
+          metrics.append(json.loads(line))
+        except ValueError as error:
+          raise ReportError(f'{metrics_path} line {number} is not JSON: {error}') from error
+  suffix = '_ema' if ema else ''
+  results = _read_json(root / 'eval' / f'results{suffix}.json', 'evaluation results')
+  perception = {}
+  for kind in ('pgd', 'random'):
+    found = _read_json(root / 'eval' / f'perception_{kind}{suffix}.json', 'perception diagnostic')
+    if found is not None:
+      perception[kind] = found
+  return Run(path=str(path), name=name or root.name, config=_flatten(config), metrics=metrics, results=results,
+             perception=perception)
+
+
+def load_runs(run_paths: Sequence[str], *, ema: bool = False) -> List[Run]:
+  """Reads every run; names are the directory names, or the paths as given where two names collide."""
+  if not run_paths:
+    raise ReportError('give at least one run directory')
+  names = [paths.as_path(p).name for p in run_paths]
+  runs = []
+  for path, name in zip(run_paths, names):
+    unique = names.count(name) == 1
+    runs.append(load_run(path, name=name if unique else str(path).rstrip('/'), ema=ema))
+  seen = set()
+  for run in runs:
+    if run.name in seen:
+      raise ReportError(f'{run.path} is given twice')
+    seen.add(run.name)
+  return runs
+
+
+def mean_and_nrr(clean: float, robust: float) -> Tuple[float, float]:
+  """The paper's summaries of (clean, AA) accuracy: their mean and their harmonic mean (NRR)."""
+  return (clean + robust) / 2, (2 * clean * robust / (clean + robust) if clean + robust > 0 else 0.0)
+
+
+def fraction_of_255(value: float) -> str:
+  """8/255 for 0.0313..., else the number: how budgets are written in the literature."""
+  scaled = value * 255
+  return f'{round(scaled)}/255' if abs(scaled - round(scaled)) < 1e-6 else f'{value:g}'
+
+
+def architecture(config: Dict[str, Any]) -> str:
+  """A readable model name from the config ('WideResNet-34-10', 'SmallCNN-16')."""
+  name = config['model.name']
+  if name == 'wide_resnet':
+    return f"WideResNet-{config['model.depth']}-{config['model.widen_factor']}"
+  if name == 'small_cnn':
+    return f"SmallCNN-{config['model.width']}"
+  return {'preact_resnet18': 'PreActResNet-18', 'preact_resnet18_benchmarks': 'PreActResNet-18 ([B], 64x64)',
+          'resnet18': 'ResNet-18', 'resnet18_bottleneck': 'ResNet-18 (Bottleneck)'}.get(name, name)
+
+
+def threat(config: Dict[str, Any]) -> str:
+  return f"{'Linf' if config['attack.norm'] == 'linf' else 'L2'} {fraction_of_255(config['attack.eps'])}"
+
+
+def _trained_epochs(run: Run) -> int:
+  return max((row['epoch'] for row in run.metrics), default=0)
+
+
+def describe(run: Run) -> Dict[str, Any]:
+  """The run's table row: its setting, its evaluation (fractions, None where not evaluated), and notes."""
+  config, results = run.config, run.results
+  row = {'run': run.name, 'dataset': config['data.name'], 'model': architecture(config), 'threat': threat(config),
+         'method': config['method'], 'rpat': bool(config['rpat.enabled']), 'lam': config['rpat.lam'],
+         'rates': tuple(config['rpat.rates']), 'seed': config['seed'], 'epochs': _trained_epochs(run),
+         'planned_epochs': config['epochs'], 'checkpoint': '', 'n_examples': None, 'notes': []}
+  row.update({key: None for key in METRICS})
+  if results is None:
+    row['notes'].append('not evaluated (python -m rpat_jax.evaluate)')
+    return row
+  row['checkpoint'] = f"{results['checkpoint']} (epoch {results['checkpoint_step']})"
+  row['n_examples'] = results['n_examples']
+  row['clean'], row['pgd20'], row['aa'] = results['clean_acc'], results['pgd20_acc'], results['aa_acc']
+  row['mean'], row['nrr'] = mean_and_nrr(row['clean'], row['aa'])
+  row['evaluation'] = {key: results.get(key) for key in EVALUATION_KEYS}
+  if results.get('checkpoint') == 'last' and results['checkpoint_step'] < row['epochs']:
+    row['notes'].append(f"stale: evaluated at epoch {results['checkpoint_step']}, trained to {row['epochs']}")
+  if results.get('nan_count'):
+    row['notes'].append(f"{results['nan_count']} non-finite logits in AutoAttack")
+  if results.get('aa_version') != 'standard':
+    row['notes'].append(f"AutoAttack version {results.get('aa_version')}")
+  return row
+
+
+def setting(config: Dict[str, Any], *, without: Sequence[str] = ()) -> Tuple:
+  """What was trained, as a hashable value: every key but the housekeeping ones and `without`."""
+  def kept(key):
+    return not key.startswith(HOUSEKEEPING) and not any(key == w or key.startswith(w + '.') for w in without)
+  return tuple(sorted((key, json.dumps(value)) for key, value in config.items() if kept(key)))
+
+
+def _base_setting(config: Dict[str, Any]) -> Tuple:
+  """The setting without RPAT's keys. Consistency-AT without its own lam weights JS with rpat.lam ([B]):
+  there rpat.lam is part of the base method and must match too."""
+  without = ['rpat']
+  if config['method'] == 'consistency' and config.get('consistency.lam') is None:
+    return setting(config, without=without) + (('consistency.weight', json.dumps(config['rpat.lam'])),)
+  return setting(config, without=without)
+
+
+def pair_bases(runs: Sequence[Run], rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+  """For each RPAT run, its base run (the same setting with RPAT off, seed included) and the change in
+  percentage points; a note instead where there is none, two candidates, or they were evaluated apart."""
+  by_name = {row['run']: row for row in rows}
+  keys = {run.name: _base_setting(run.config) for run in runs}
+  pairs = {}
+  for run in runs:
+    if not run.config['rpat.enabled']:
+      continue
+    bases = [other.name for other in runs if not other.config['rpat.enabled'] and keys[other.name] == keys[run.name]]
+    pair = {'base': None, 'delta': None, 'note': ''}
+    pairs[run.name] = pair
+    if not bases:
+      pair['note'] = 'no base run given (the same setting with rpat.enabled=False)'
+      continue
+    if len(bases) > 1:
+      pair['note'] = f"two or more base runs: {', '.join(bases)}"
+      continue
+    pair['base'] = bases[0]
+    mine, base = by_name[run.name], by_name[bases[0]]
+    if mine['clean'] is None or base['clean'] is None:
+      pair['note'] = 'not both evaluated'
+      continue
+    differ = [key for key in EVALUATION_KEYS if mine['evaluation'][key] != base['evaluation'][key]]
+    if differ:
+      pair['note'] = 'evaluated differently: ' + ', '.join(
+          f"{key} {mine['evaluation'][key]} vs {base['evaluation'][key]}" for key in differ)
+      continue
+    pair['delta'] = {key: mine[key] - base[key] for key in METRICS}
+  return pairs
+
+
+def seed_groups(runs: Sequence[Run], rows: Sequence[Dict[str, Any]],
+                pairs: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """Runs that differ only in their seed, evaluated alike: mean and sample standard deviation per metric,
+  and for RPAT groups the mean and deviation of the per-seed changes over the base."""
+  by_name = {row['run']: row for row in rows}
+  groups: Dict[Tuple, List[str]] = {}
+  for run in runs:
+    row = by_name[run.name]
+    if row['clean'] is None:
+      continue
+    key = setting(run.config, without=['seed']) + tuple(sorted(
+        (k, json.dumps(v)) for k, v in row['evaluation'].items() if k != 'seed'))
+    groups.setdefault(key, []).append(run.name)
+  summaries = []
+  for names in groups.values():
+    if len(names) < 2:
+      continue
+    first = by_name[names[0]]
+    summary = {key: first[key] for key in ('dataset', 'model', 'threat', 'method', 'rpat', 'lam', 'rates',
+                                           'epochs', 'n_examples')}
+    summary.update(runs=names, seeds=[by_name[n]['seed'] for n in names])
+    for key in METRICS:
+      values = [by_name[n][key] for n in names]
+      summary[key] = (statistics.mean(values), statistics.stdev(values))
+    deltas = [pairs[n]['delta'] for n in names if n in pairs and pairs[n]['delta'] is not None]
+    summary['delta'] = None
+    if len(deltas) == len(names):
+      summary['delta'] = {key: (statistics.mean(d[key] for d in deltas), statistics.stdev(d[key] for d in deltas))
+                          for key in METRICS}
+    summaries.append(summary)
+  return summaries
+
+
+def _percent(value: Optional[float]) -> str:
+  return '' if value is None else f'{100 * value:.2f}'
+
+
+def _signed(value: Optional[float]) -> str:
+  return '' if value is None else f'{100 * value:+.2f}'
+
+
+def _rpat_cell(row: Dict[str, Any]) -> str:
+  return f"on (λ {row['lam']:g}, r {', '.join(f'{r:g}' for r in row['rates'])})" if row['rpat'] else 'off'
+
+
+def _mean_std(pair, signed=False) -> str:
+  mean, std = pair
+  return f"{100 * mean:{'+' if signed else ''}.2f} ± {100 * std:.2f}"
+
+
+def _md_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> List[str]:
+  out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  return out + ['| ' + ' | '.join(str(cell) for cell in line) + ' |' for line in lines]
+
+
+RUN_HEADER = ('run', 'dataset', 'model', 'threat', 'method', 'RPAT', 'seed', 'epochs', 'checkpoint', 'points')
+
+
+def _setting_cells(row):
+  points = '' if row['n_examples'] is None else str(row['n_examples'])
+  return [row['run'], row['dataset'], row['model'], row['threat'], row['method'], _rpat_cell(row), row['seed'],
+          row['epochs'], row['checkpoint'], points]
+
+
+def markdown(rows, pairs, groups, perception_rows=()) -> str:
+  """results.md: the runs, RPAT over its base, means over seeds, and the perception diagnostic."""
+  lines = ['# Results', '', 'Accuracies in percent on the first `points` test images; Mean = (Clean + AA)/2,'
+           ' NRR = 2·Clean·AA/(Clean + AA). Changes are in percentage points.', '', '## Runs', '']
+  lines += _md_table(RUN_HEADER + tuple(METRIC_NAMES.values()) + ('notes',),
+                     [_setting_cells(r) + [_percent(r[k]) for k in METRICS] + ['; '.join(r['notes'])] for r in rows])
+  if pairs:
+    lines += ['', '## + RPAT over its base run (same setting and seed, RPAT off)', '']
+    lines += _md_table(('run', 'base') + tuple(f'Δ {n}' for n in METRIC_NAMES.values()) + ('note',),
+                       [[name, pair['base'] or ''] + [_signed(pair['delta'] and pair['delta'][k]) for k in METRICS]
+                        + [pair['note']] for name, pair in pairs.items()])
+  if groups:
+    lines += ['', '## Over seeds (mean ± sample standard deviation)', '']
+    lines += _md_table(('dataset', 'model', 'threat', 'method', 'RPAT', 'seeds', 'runs')
+                       + tuple(METRIC_NAMES.values()) + tuple(f'Δ {n} over base' for n in ('Clean', 'AA', 'NRR')),
+                       [[g['dataset'], g['model'], g['threat'], g['method'], _rpat_cell(g),
+                         ', '.join(map(str, g['seeds'])), ', '.join(g['runs'])]
+                        + [_mean_std(g[k]) for k in METRICS]
+                        + [_mean_std(g['delta'][k], signed=True) if g['delta'] else '' for k in ('clean', 'aa', 'nrr')]
+                        for g in groups])
+  if perception_rows:
+    lines += ['', '## Perception diagnostic (mean squared logit change between x and its perturbation)', '',
+              'd = mean over points and classes of (z(x) − z(x′))²; success = still correct on x′. '
+              'first/second = d(x, midpoint) / d(midpoint, x′) (1 for a linear response). Linearity error: how far '
+              'the normalised profile ‖z(x + αΔ) − z(x)‖ departs from the diagonal (0 = linear).', '']
+    lines += _md_table(('run', 'method', 'perturbation', 'checkpoint', 'points', 'clean', 'perturbed',
+                        'success / failure', 'd all', 'd success', 'd failure', 'first/second all',
+                        'linearity error all', 'success', 'failure'),
+                       [_perception_cells(p) for p in perception_rows])
+  return '\n'.join(lines) + '\n'
+
+
+def _number(value: Optional[float], digits: int = 4) -> str:
+  return '' if value is None or (isinstance(value, float) and math.isnan(value)) else f'{value:.{digits}g}'
+
+
+def perception_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
+  return [dict(result, run=run.name, run_method=run.config['method'] + (' + RPAT' if run.config['rpat.enabled']
+                                                                        else ''))
+          for run in runs for _, result in sorted(run.perception.items())]
+
+
+def _perception_cells(p: Dict[str, Any]) -> List[str]:
+  groups = p['groups']
+  return [p['run'], p['run_method'], p['perturbation'], f"{p['checkpoint']} (epoch {p['checkpoint_step']})",
+          p['n_examples'], _percent(p['clean_acc']), _percent(p['perturbed_acc']),
+          f"{groups['success']['count']} / {groups['failure']['count']}"] + [
+              _number(groups[g]['d_full']) for g in ('all', 'success', 'failure')] + [
+              _number(groups['all']['first_over_second'], 3)] + [
+              _number(groups[g]['linearity_error'], 3) for g in ('all', 'success', 'failure')]
+
+
+CSV_FIELDS = ('run', 'dataset', 'model', 'threat', 'method', 'rpat', 'lam', 'rates', 'seed', 'epochs', 'checkpoint',
+              'n_examples') + METRICS + ('base_run',) + tuple(f'delta_{k}' for k in METRICS) + ('notes',)
+
+
+def csv_text(rows, pairs) -> str:
+  """results.csv: one line per run, percentages with two decimals, the change over the base beside it."""
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, CSV_FIELDS, lineterminator='\n')
+  writer.writeheader()
+  for row in rows:
+    pair = pairs.get(row['run'], {})
+    delta = pair.get('delta') or {}
+    line = {key: row[key] for key in CSV_FIELDS if key in row}
+    line.update(rpat=str(row['rpat']).lower(), rates=' '.join(f'{r:g}' for r in row['rates']),
+                n_examples='' if row['n_examples'] is None else row['n_examples'], base_run=pair.get('base') or '',
+                notes='; '.join(row['notes'] + ([pair['note']] if pair.get('note') else [])))
+    line.update({key: _percent(row[key]) for key in METRICS})
+    line.update({f'delta_{key}': _signed(delta.get(key)) for key in METRICS})
+    writer.writerow(line)
+  return buffer.getvalue()
+
+
+def _tex_escape(text: str) -> str:
+  for old, new in (('\\', r'\textbackslash{}'), ('&', r'\&'), ('%', r'\%'), ('_', r'\_'), ('#', r'\#'),
+                   ('λ', r'$\lambda$'), ('±', r'$\pm$'), ('Δ', r'$\Delta$')):
+    text = text.replace(old, new)
+  return text
+
+
+def latex(rows, pairs) -> str:
+  """results.tex: a booktabs table in the paper's layout, each RPAT run followed by its change over the base."""
+  header = ('Run', 'Dataset', 'Model', 'Threat', 'Method', 'Seed') + tuple(METRIC_NAMES.values())
+  lines = [r'% Written by python -m rpat_jax.report; needs \usepackage{booktabs}.',
+           r'\begin{tabular}{' + 'l' * 6 + 'r' * len(METRICS) + '}', r'\toprule',
+           ' & '.join(header) + r' \\', r'\midrule']
+  for row in rows:
+    method = row['method'].replace('_', '-') + (' + RPAT' if row['rpat'] else '')
+    cells = [row['run'], row['dataset'], row['model'], row['threat'], method, str(row['seed'])]
+    lines.append(' & '.join(_tex_escape(c) for c in cells) + ' & '
+                 + ' & '.join(_percent(row[k]) or '--' for k in METRICS) + r' \\')
+    delta = pairs.get(row['run'], {}).get('delta')
+    if delta:
+      lines.append(' & ' * 5 + _tex_escape(f"Δ over {pairs[row['run']]['base']}") + ' & '
+                   + ' & '.join(f'({_signed(delta[k])})' for k in METRICS) + r' \\')
+  lines += [r'\bottomrule', r'\end{tabular}']
+  return '\n'.join(lines) + '\n'
+
+
+def robustbench_entry(row: Dict[str, Any], config: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+  """The run in RobustBench's model-info JSON shape, and its place (`<dataset>/<Linf|L2>/<run>.json`).
+  link, name, authors, venue and reported are the submitter's to fill, as RobustBench's own `to_disk`
+  leaves them; a footnote says where this evaluation differs from the leaderboard's protocol."""
+  threat_dir = 'Linf' if config['attack.norm'] == 'linf' else 'L2'
+  footnotes = []
+  if row['n_examples'] is not None and row['n_examples'] < 10000:
+    footnotes.append(f"AutoAttack on the first {row['n_examples']} test points, not the full test set")
+  if row['dataset'] not in ('cifar10', 'cifar100', 'imagenet'):
+    footnotes.append(f"dataset {row['dataset']} is not a RobustBench dataset")
+  if threat_dir == 'L2' and abs(config['attack.eps'] - 0.5) > 1e-9:
+    footnotes.append(f"L2 eps {config['attack.eps']:.4g}; the L2 leaderboards use 0.5")
+  entry = {'link': '', 'name': '', 'authors': '', 'additional_data': False, 'number_forward_passes': 1,
+           'dataset': row['dataset'], 'venue': '', 'architecture': row['model'],
+           'eps': fraction_of_255(config['attack.eps']), 'clean_acc': _percent(row['clean']), 'reported': '',
+           'autoattack_acc': _percent(row['aa']), 'footnote': '; '.join(footnotes) or None, 'unreliable': False}
+  return f"{row['dataset']}/{threat_dir}/{row['run']}.json", entry

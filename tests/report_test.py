@@ -1,0 +1,163 @@
+"""The report: its arithmetic, the RPAT-over-base pairing, means over seeds, every file it writes, and its
+errors, on run directories written here (config.json, metrics.jsonl, eval/results.json)."""
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+from absl import flags
+
+from rpat_jax import report
+from rpat_jax import run_config
+from rpat_jax.report import __main__ as binary
+from rpat_jax.report import figures
+
+PNG = b'\x89PNG\r\n\x1a\n'
+
+
+def _config(seed=0, rpat=True, width=16, config_file='smoke', words='', beta=6.0):
+  import importlib  # pylint: disable=import-outside-toplevel
+  module = importlib.import_module(f'configs.{config_file}')
+  config = module.get_config(words or None)
+  config.seed, config.rpat.enabled, config.beta = seed, rpat, beta  # beta: another setting, unused by PGD-AT.
+  if config.model.name == 'small_cnn':
+    config.model.width = width
+  return config
+
+
+def _run(root, name, config, clean=None, aa=None, pgd20=None, epochs=3, step=None, n_examples=512,
+         checkpoint='last', perception=None):
+  """A run directory as training and evaluation leave it."""
+  workdir = root / name
+  workdir.mkdir()
+  run_config.write(config, str(workdir))
+  rows = [{'epoch': e, 'step': 20 * e, 'lr': 0.1 / e, 'train_loss': 2.0 / e, 'train_acc': 0.1 * e,
+           'test_clean_acc': 0.2 * e, 'test_pgd_acc': 0.1 * e} for e in range(1, epochs + 1)]
+  (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  if clean is not None:
+    (workdir / 'eval').mkdir()
+    results = {'clean_acc': clean, 'pgd20_acc': pgd20 if pgd20 is not None else aa + 0.01, 'aa_acc': aa,
+               'cw20_acc': aa, 'mean': -1.0, 'nrr': -1.0,  # Recomputed by the report, never read.
+               'n_examples': n_examples, 'checkpoint': checkpoint, 'checkpoint_step': step or epochs,
+               'aa_version': 'standard', 'ema': False, 'seed': 0, 'dtype': 'float32', 'nan_count': 0}
+    (workdir / 'eval' / 'results.json').write_text(json.dumps(results))
+  if perception is not None:
+    (workdir / 'eval' / 'perception_pgd.json').write_text(json.dumps(perception))
+  return str(workdir)
+
+
+def _perception_result():
+  """A real diagnostic: a linear logit function (tests/perception_test.py checks its closed form)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from rpat_jax import perception  # pylint: disable=import-outside-toplevel
+  weights = jax.random.normal(jax.random.key(0), (4 * 4 * 3, 10))
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (16, 4, 4, 3)))
+  linear = lambda images: images.reshape(images.shape[0], -1) @ weights
+  y = np.asarray(linear(x).argmax(-1))
+  threat = ml_collections.ConfigDict({'norm': 'linf', 'eps': 8 / 255, 'step_size': 2 / 255})
+  result = perception.diagnose(linear, x, y, threat, kind='pgd', batch_size=8)
+  result.update(checkpoint='last', checkpoint_step=3)
+  return json.loads(json.dumps(result))
+
+
+def test_mean_nrr_and_budget_names():
+  mean, nrr = report.mean_and_nrr(0.8263, 0.51)
+  assert round(100 * mean, 3) == 66.815 and round(100 * nrr, 3) == 63.072  # The paper's RPAT++ row.
+  assert report.mean_and_nrr(0.0, 0.0) == (0.0, 0.0)
+  assert report.fraction_of_255(8 / 255) == '8/255' and report.fraction_of_255(0.5) == '0.5'
+  # The paper's points are found by these names: the package's own configs must produce them.
+  named = {(report.architecture(report._flatten(_config(config_file=f).to_dict())), f) for f in ('prn18', 'wrn')}
+  assert named == {('PreActResNet-18', 'prn18'), ('WideResNet-34-10', 'wrn')}
+  from rpat_jax import threats  # pylint: disable=import-outside-toplevel
+  l2 = report._flatten(threats.resolve(_config(config_file='prn18', words='l2')).to_dict())
+  assert report.threat(l2) == 'L2 128/255'
+  published = figures.paper_points()
+  assert 'arXiv 2508.02186' in published['source']
+  settings = {(p['dataset'], p['architecture'], p['threat']) for p in published['points']}
+  assert ('cifar10', 'PreActResNet-18', 'Linf 8/255') in settings and ('cifar10', 'WideResNet-34-10', 'Linf 8/255') \
+      in settings and ('cifar100', 'PreActResNet-18', 'L2 128/255') in settings
+
+
+def test_tables_pair_each_rpat_run_with_its_seed_and_write_every_file(tmp_path, monkeypatch):
+  references = {}
+  draw = figures.tradeoff
+  def counted(rows, points, title):
+    references[title] = len(points)
+    return draw(rows, points, title)
+  monkeypatch.setattr(figures, 'tradeoff', counted)
+  root = tmp_path / 'runs'
+  root.mkdir()
+  dirs = [
+      _run(root, 'base_s0', _config(0, False), clean=0.50, aa=0.25),
+      _run(root, 'rpat_s0', _config(0, True), clean=0.54, aa=0.26, perception=_perception_result()),
+      _run(root, 'base_s1', _config(1, False), clean=0.52, aa=0.23),
+      _run(root, 'rpat_s1', _config(1, True), clean=0.55, aa=0.24),
+      _run(root, 'wide_rpat', _config(0, True, width=8), clean=0.40, aa=0.20),  # No base of its width.
+      _run(root, 'half_eval', _config(2, True, beta=3.0), clean=0.60, aa=0.30, n_examples=256),
+      _run(root, 'half_base', _config(2, False, beta=3.0), clean=0.60, aa=0.30),  # Evaluated on other points.
+      _run(root, 'stale', _config(3, False, beta=4.0), clean=0.5, aa=0.2, epochs=5, step=3),
+      _run(root, 'untested', _config(4, False)),
+      _run(root, 'prn', _config(0, True, config_file='prn18'), clean=0.80, aa=0.50),
+  ]
+  written = binary.write_report(dirs, str(tmp_path / 'out'), robustbench=str(tmp_path / 'rb'))
+  out = tmp_path / 'out'
+  rows = {r['run']: r for r in csv.DictReader(io.StringIO((out / 'results.csv').read_text()))}
+  # Percent with two decimals; Mean and NRR recomputed from Clean and AA.
+  assert (rows['base_s0']['clean'], rows['base_s0']['aa'], rows['base_s0']['mean'], rows['base_s0']['nrr']) == \
+      ('50.00', '25.00', '37.50', '33.33')
+  assert rows['prn']['mean'] == '65.00' and rows['prn']['nrr'] == '61.54'
+  # Each RPAT run against the same setting and seed with RPAT off.
+  assert rows['rpat_s0']['base_run'] == 'base_s0' and rows['rpat_s1']['base_run'] == 'base_s1'
+  assert (rows['rpat_s0']['delta_clean'], rows['rpat_s0']['delta_aa'], rows['rpat_s1']['delta_aa']) == \
+      ('+4.00', '+1.00', '+1.00')
+  assert rows['rpat_s0']['delta_nrr'] == f"{100 * (report.mean_and_nrr(.54, .26)[1] - 1 / 3):+.2f}"
+  assert rows['wide_rpat']['base_run'] == '' and 'no base run' in rows['wide_rpat']['notes']
+  assert rows['half_eval']['base_run'] == 'half_base' and rows['half_eval']['delta_aa'] == ''
+  assert 'evaluated differently: n_examples 256 vs 512' in rows['half_eval']['notes']
+  assert 'stale: evaluated at epoch 3, trained to 5' in rows['stale']['notes']
+  assert rows['untested']['clean'] == '' and 'not evaluated' in rows['untested']['notes']
+  assert rows['base_s0']['base_run'] == '' and rows['base_s0']['delta_aa'] == ''
+  markdown = (out / 'results.md').read_text()
+  # Over seeds: (50, 52) -> 51.00 ± 1.41; RPAT's per-seed AA change (+1, +1) -> +1.00 ± 0.00.
+  assert '| 51.00 ± 1.41 |' in markdown and '| +1.00 ± 0.00 |' in markdown
+  assert '| rpat_s0 | base_s0 | +4.00 | +1.00 | +1.00 |' in markdown  # Clean, PGD-20, AA.
+  assert 'Perception diagnostic' in markdown and '| rpat_s0 | pgd_at + RPAT | pgd |' in markdown
+  tex = (out / 'results.tex').read_text()
+  assert r'\begin{tabular}' in tex and r'$\Delta$ over base\_s0' in tex and '(+4.00)' in tex
+  assert tex.count(r'\\') == 1 + len(dirs) + 2  # Header, one line per run, a change line per RPAT pair.
+  # Every figure: the curves, one trade-off plane per evaluated setting, the diagnostic across runs.
+  pictures = sorted(p.name for p in out.glob('*.png'))
+  assert pictures == sorted(['perception_pgd.png', 'training_curves.png', 'tradeoff_cifar10_preactresnet_18_linf_8_255.png',
+                             'tradeoff_synthetic_smallcnn_16_linf_8_255.png', 'tradeoff_synthetic_smallcnn_8_linf_8_255.png'])
+  # The paper's points mark the PreActResNet-18 CIFAR-10 Linf plane only (11 methods on the poster).
+  assert references == {'cifar10, PreActResNet-18, Linf 8/255': 11, 'synthetic, SmallCNN-16, Linf 8/255': 0,
+                        'synthetic, SmallCNN-8, Linf 8/255': 0}
+  assert all((out / name).read_bytes()[:8] == PNG for name in pictures)
+  entry = json.loads((tmp_path / 'rb' / 'cifar10' / 'Linf' / 'prn.json').read_text())
+  assert {k: entry[k] for k in ('dataset', 'architecture', 'eps', 'clean_acc', 'autoattack_acc',
+                                'number_forward_passes', 'additional_data')} == {
+      'dataset': 'cifar10', 'architecture': 'PreActResNet-18', 'eps': '8/255', 'clean_acc': '80.00',
+      'autoattack_acc': '50.00', 'number_forward_passes': 1, 'additional_data': False}
+  assert entry['footnote'] == 'AutoAttack on the first 512 test points, not the full test set'
+  assert not (tmp_path / 'rb' / 'synthetic' / 'Linf' / 'untested.json').exists()
+  assert len(written) == 3 + len(pictures) + 9  # Nine evaluated runs in RobustBench's shape.
+
+
+def test_the_binary_refuses_in_one_line(tmp_path, capsys, monkeypatch):
+  (tmp_path / 'empty').mkdir()
+  for argv, expected in ((['report', str(tmp_path / 'empty')], 'has no config.json: is it a training run?'),
+                         (['report', str(tmp_path / 'none')], 'none: no such run directory'),
+                         (['report'], 'give the run directories to report')):
+    flag_values = flags.FlagValues()
+    holders = binary.define_flags(flag_values)
+    monkeypatch.setattr(sys, 'argv', argv)
+    flag_values(argv + [f'--out={tmp_path / "out"}'])
+    with pytest.raises(SystemExit) as exit_info:
+      binary.main(argv, holders)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
