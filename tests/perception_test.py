@@ -1,5 +1,7 @@
 """The motivating diagnostic against answers known in closed form, and its bookkeeping."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,6 +37,12 @@ def test_a_linear_logit_function_is_linear_along_the_segment(kind):
   weighted = sum(groups[g]['count'] * groups[g]['d_full'] for g in ('success', 'failure')) / len(x)
   np.testing.assert_allclose(groups['all']['d_full'], weighted, rtol=1e-5)
   assert result['perturbed_acc'] == groups['success']['count'] / len(x)
+  assert perception.inconsistencies(result) == []
+  broken = json.loads(json.dumps(result))
+  broken['n_examples'] += 1
+  broken['groups']['all']['d_first'] *= 1.01
+  broken['groups']['success']['profile']['distance'][0] = 0.5
+  assert [p.split(' ')[0] for p in perception.inconsistencies(broken)] == ['group', 'success', 'all.d_first', 'success:']
 
 
 def test_a_curved_response_and_the_official_averaging():

@@ -14,7 +14,8 @@ linear response, and `linearity_error` is the mean absolute gap to the diagonal.
 """
 
 import functools
-from typing import Callable, Dict, Optional, Sequence
+import math
+from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +113,28 @@ def summarise(columns: Dict[str, np.ndarray], *, alphas: Sequence[float] = DEFAU
   return {'n_examples': int(len(success)), 'clean_acc': float(columns['clean_correct'].mean()),
           'perturbed_acc': float(success.mean()), 'groups': groups,
           'averaging': 'official per-batch' if official_averaging else 'exact'}
+
+
+def inconsistencies(result: Dict, *, rtol: float = 1e-4) -> List[str]:
+  """What does not add up in a diagnostic's JSON (empty when it is consistent): the group counts against
+  n_examples and the perturbed accuracy, `all` against the count-weighted mean of `success` and `failure`
+  (exact averaging only; the official per-batch weighting is not such a mean), the profile's 0 at alpha 0."""
+  groups, problems = result['groups'], []
+  n, success, failure = result['n_examples'], groups['success']['count'], groups['failure']['count']
+  if groups['all']['count'] != n or success + failure != n:
+    problems.append(f"group counts {success} + {failure} != all {groups['all']['count']} / n_examples {n}")
+  if n and abs(success / n - result['perturbed_acc']) > 1e-9:
+    problems.append(f"success count {success} of {n} is not the perturbed accuracy {result['perturbed_acc']}")
+  if result.get('averaging', 'exact') == 'exact' and n:
+    for key in ('d_full', 'd_first', 'd_second'):
+      parts = [(groups[g]['count'], groups[g][key]) for g in ('success', 'failure') if groups[g]['count']]
+      weighted = sum(count * value for count, value in parts) / sum(count for count, _ in parts)
+      if not math.isclose(groups['all'][key], weighted, rel_tol=rtol, abs_tol=1e-12):
+        problems.append(f"all.{key} {groups['all'][key]:.6g} != the count-weighted mean {weighted:.6g}")
+  for name, group in groups.items():
+    if group['count'] and group['profile']['distance'][0] != 0.0:
+      problems.append(f"{name}: the profile is {group['profile']['distance'][0]:.3g} at alpha 0, not 0")
+  return problems
 
 
 def diagnose(logits_fn: Callable, x: np.ndarray, y: np.ndarray, attack_config, *, kind: str, seed: int = 0,

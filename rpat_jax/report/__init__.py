@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rpat_jax import metrics_log
 from rpat_jax import paths
+from rpat_jax import perception
 from rpat_jax import run_config
 from rpat_jax import threats
 
@@ -303,10 +304,11 @@ def markdown(rows, pairs, groups, perception_rows=()) -> str:
     lines += ['', '## Perception diagnostic (mean squared logit change between x and its perturbation)', '',
               'd = mean over points and classes of (z(x) − z(x′))²; success = still correct on x′. '
               'first/second = d(x, midpoint) / d(midpoint, x′) (1 for a linear response). Linearity error: how far '
-              'the normalised profile ‖z(x + αΔ) − z(x)‖ departs from the diagonal (0 = linear).', '']
+              'the normalised profile ‖z(x + αΔ) − z(x)‖ departs from the diagonal (0 = linear). checks: the '
+              'group counts add up, `all` is the count-weighted mean of the groups, the profile is 0 at α = 0.', '']
     lines += _md_table(('run', 'method', 'perturbation', 'checkpoint', 'points', 'clean', 'perturbed',
                         'success / failure', 'd all', 'd success', 'd failure', 'first/second all',
-                        'linearity error all', 'success', 'failure'),
+                        'linearity error all', 'success', 'failure', 'checks'),
                        [_perception_cells(p) for p in perception_rows])
   return '\n'.join(lines) + '\n'
 
@@ -316,8 +318,10 @@ def _number(value: Optional[float], digits: int = 4) -> str:
 
 
 def perception_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
+  """Each run's diagnostics, with what does not add up in them (`checks`: 'ok' or the problems)."""
   return [dict(result, run=run.name, run_method=run.config['method'] + (' + RPAT' if run.config['rpat.enabled']
-                                                                        else ''))
+                                                                        else ''),
+               checks='; '.join(perception.inconsistencies(result)) or 'ok')
           for run in runs for _, result in sorted(run.perception.items())]
 
 
@@ -328,7 +332,7 @@ def _perception_cells(p: Dict[str, Any]) -> List[str]:
           f"{groups['success']['count']} / {groups['failure']['count']}"] + [
               _number(groups[g]['d_full']) for g in ('all', 'success', 'failure')] + [
               _number(groups['all']['first_over_second'], 3)] + [
-              _number(groups[g]['linearity_error'], 3) for g in ('all', 'success', 'failure')]
+              _number(groups[g]['linearity_error'], 3) for g in ('all', 'success', 'failure')] + [p['checks']]
 
 
 CSV_FIELDS = ('run', 'dataset', 'model', 'threat', 'method', 'rpat', 'lam', 'rates', 'seed', 'epochs', 'checkpoint',
