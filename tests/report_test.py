@@ -102,6 +102,9 @@ def test_tables_pair_each_rpat_run_with_its_seed_and_write_every_file(tmp_path, 
       _run(root, 'stale', _config(3, False, beta=4.0), clean=0.5, aa=0.2, epochs=5, step=3),
       _run(root, 'untested', _config(4, False)),
       _run(root, 'prn', _config(0, True, config_file='prn18'), clean=0.80, aa=0.50),
+      # RPAT++ is ReBAT's recipe with RPAT's term: its base is ReBAT (the paper's SOTA rows).
+      _run(root, 'rebat', _config(0, False, words='rebat'), clean=0.82, aa=0.50),
+      _run(root, 'rpat_pp', _config(0, False, words='rpat_plus_plus'), clean=0.83, aa=0.51),
   ]
   written = binary.write_report(dirs, str(tmp_path / 'out'), robustbench=str(tmp_path / 'rb'))
   out = tmp_path / 'out'
@@ -121,6 +124,8 @@ def test_tables_pair_each_rpat_run_with_its_seed_and_write_every_file(tmp_path, 
   assert 'stale: evaluated at epoch 3, trained to 5' in rows['stale']['notes']
   assert rows['untested']['clean'] == '' and 'not evaluated' in rows['untested']['notes']
   assert rows['base_s0']['base_run'] == '' and rows['base_s0']['delta_aa'] == ''
+  assert rows['rpat_pp']['base_run'] == 'rebat' and rows['rpat_pp']['delta_clean'] == '+1.00'
+  assert rows['rebat']['base_run'] == ''
   markdown = (out / 'results.md').read_text()
   # Over seeds: (50, 52) -> 51.00 ± 1.41; RPAT's per-seed AA change (+1, +1) -> +1.00 ± 0.00.
   assert '| 51.00 ± 1.41 |' in markdown and '| +1.00 ± 0.00 |' in markdown
@@ -128,7 +133,7 @@ def test_tables_pair_each_rpat_run_with_its_seed_and_write_every_file(tmp_path, 
   assert 'Perception diagnostic' in markdown and '| rpat_s0 | pgd_at + RPAT | pgd |' in markdown
   tex = (out / 'results.tex').read_text()
   assert r'\begin{tabular}' in tex and r'$\Delta$ over base\_s0' in tex and '(+4.00)' in tex
-  assert tex.count(r'\\') == 1 + len(dirs) + 2  # Header, one line per run, a change line per RPAT pair.
+  assert tex.count(r'\\') == 1 + len(dirs) + 3  # Header, one line per run, a change line per RPAT pair.
   # Every figure: the curves, one trade-off plane per evaluated setting, the diagnostic across runs.
   pictures = sorted(p.name for p in out.glob('*.png'))
   assert pictures == sorted(['perception_pgd.png', 'training_curves.png', 'tradeoff_cifar10_preactresnet_18_linf_8_255.png',
@@ -144,7 +149,7 @@ def test_tables_pair_each_rpat_run_with_its_seed_and_write_every_file(tmp_path, 
       'autoattack_acc': '50.00', 'number_forward_passes': 1, 'additional_data': False}
   assert entry['footnote'] == 'AutoAttack on the first 512 test points, not the full test set'
   assert not (tmp_path / 'rb' / 'synthetic' / 'Linf' / 'untested.json').exists()
-  assert len(written) == 3 + len(pictures) + 9  # Nine evaluated runs in RobustBench's shape.
+  assert len(written) == 3 + len(pictures) + 11  # Eleven evaluated runs in RobustBench's shape.
 
 
 def test_the_binary_refuses_in_one_line(tmp_path, capsys, monkeypatch):

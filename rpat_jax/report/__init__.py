@@ -147,8 +147,8 @@ def describe(run: Run) -> Dict[str, Any]:
   """The run's table row: its setting, its evaluation (fractions, None where not evaluated), and notes."""
   config, results = run.config, run.results
   row = {'run': run.name, 'dataset': config['data.name'], 'model': architecture(config), 'threat': threat(config),
-         'method': config['method'], 'rpat': bool(config['rpat.enabled']), 'lam': config['rpat.lam'],
-         'rates': tuple(config['rpat.rates']), 'seed': config['seed'], 'epochs': _trained_epochs(run),
+         'method': config['method'], 'rpat': uses_rpat(config), 'rpat_cell': _rpat_cell(config),
+         'lam': config['rpat.lam'], 'rates': tuple(config['rpat.rates']), 'seed': config['seed'], 'epochs': _trained_epochs(run),
          'planned_epochs': config['epochs'], 'checkpoint': '', 'n_examples': None, 'notes': []}
   row.update({key: None for key in METRICS})
   if results is None:
@@ -175,13 +175,28 @@ def setting(config: Dict[str, Any], *, without: Sequence[str] = ()) -> Tuple:
   return tuple(sorted((key, json.dumps(value)) for key, value in config.items() if kept(key)))
 
 
+def uses_rpat(config: Dict[str, Any]) -> bool:
+  """RPAT on a method ([B]'s regulariser), or RPAT++ (ReBAT's recipe with RPAT's term, [S])."""
+  return bool(config['rpat.enabled']) or config['method'] == 'rpat_plus_plus'
+
+
+def _rpat_cell(config: Dict[str, Any]) -> str:
+  if config['method'] == 'rpat_plus_plus':
+    return f"RPAT++ (r {config['rebat.rate']:g})"
+  if config['rpat.enabled']:
+    return f"on (λ {config['rpat.lam']:g}, r {', '.join(f'{r:g}' for r in config['rpat.rates'])})"
+  return 'off'
+
+
 def _base_setting(config: Dict[str, Any]) -> Tuple:
-  """The setting without RPAT's keys. Consistency-AT without its own lam weights JS with rpat.lam ([B]):
-  there rpat.lam is part of the base method and must match too."""
-  without = ['rpat']
+  """The setting without RPAT's keys: rpat.*, and RPAT++'s interpolation weight rebat.rate, whose base
+  is ReBAT. Consistency-AT without its own lam weights JS with rpat.lam ([B]): there rpat.lam is part of
+  the base method and must match too."""
+  base = dict(config, method='rebat' if config['method'] == 'rpat_plus_plus' else config['method'])
+  key = setting(base, without=['rpat', 'rebat.rate'])
   if config['method'] == 'consistency' and config.get('consistency.lam') is None:
-    return setting(config, without=without) + (('consistency.weight', json.dumps(config['rpat.lam'])),)
-  return setting(config, without=without)
+    key += (('consistency.weight', json.dumps(config['rpat.lam'])),)
+  return key
 
 
 def pair_bases(runs: Sequence[Run], rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
@@ -191,13 +206,13 @@ def pair_bases(runs: Sequence[Run], rows: Sequence[Dict[str, Any]]) -> Dict[str,
   keys = {run.name: _base_setting(run.config) for run in runs}
   pairs = {}
   for run in runs:
-    if not run.config['rpat.enabled']:
+    if not uses_rpat(run.config):
       continue
-    bases = [other.name for other in runs if not other.config['rpat.enabled'] and keys[other.name] == keys[run.name]]
+    bases = [other.name for other in runs if not uses_rpat(other.config) and keys[other.name] == keys[run.name]]
     pair = {'base': None, 'delta': None, 'note': ''}
     pairs[run.name] = pair
     if not bases:
-      pair['note'] = 'no base run given (the same setting with rpat.enabled=False)'
+      pair['note'] = 'no base run given (the same setting and seed with RPAT off)'
       continue
     if len(bases) > 1:
       pair['note'] = f"two or more base runs: {', '.join(bases)}"
@@ -234,8 +249,8 @@ def seed_groups(runs: Sequence[Run], rows: Sequence[Dict[str, Any]],
     if len(names) < 2:
       continue
     first = by_name[names[0]]
-    summary = {key: first[key] for key in ('dataset', 'model', 'threat', 'method', 'rpat', 'lam', 'rates',
-                                           'epochs', 'n_examples')}
+    summary = {key: first[key] for key in ('dataset', 'model', 'threat', 'method', 'rpat', 'rpat_cell', 'lam',
+                                           'rates', 'epochs', 'n_examples')}
     summary.update(runs=names, seeds=[by_name[n]['seed'] for n in names])
     for key in METRICS:
       values = [by_name[n][key] for n in names]
@@ -257,10 +272,6 @@ def _signed(value: Optional[float]) -> str:
   return '' if value is None else f'{100 * value:+.2f}'
 
 
-def _rpat_cell(row: Dict[str, Any]) -> str:
-  return f"on (λ {row['lam']:g}, r {', '.join(f'{r:g}' for r in row['rates'])})" if row['rpat'] else 'off'
-
-
 def _mean_std(pair, signed=False) -> str:
   mean, std = pair
   return f"{100 * mean:{'+' if signed else ''}.2f} ± {100 * std:.2f}"
@@ -276,7 +287,7 @@ RUN_HEADER = ('run', 'dataset', 'model', 'threat', 'method', 'RPAT', 'seed', 'ep
 
 def _setting_cells(row):
   points = '' if row['n_examples'] is None else str(row['n_examples'])
-  return [row['run'], row['dataset'], row['model'], row['threat'], row['method'], _rpat_cell(row), row['seed'],
+  return [row['run'], row['dataset'], row['model'], row['threat'], row['method'], row['rpat_cell'], row['seed'],
           row['epochs'], row['checkpoint'], points]
 
 
@@ -295,7 +306,7 @@ def markdown(rows, pairs, groups, perception_rows=()) -> str:
     lines += ['', '## Over seeds (mean ± sample standard deviation)', '']
     lines += _md_table(('dataset', 'model', 'threat', 'method', 'RPAT', 'seeds', 'runs')
                        + tuple(METRIC_NAMES.values()) + tuple(f'Δ {n} over base' for n in ('Clean', 'AA', 'NRR')),
-                       [[g['dataset'], g['model'], g['threat'], g['method'], _rpat_cell(g),
+                       [[g['dataset'], g['model'], g['threat'], g['method'], g['rpat_cell'],
                          ', '.join(map(str, g['seeds'])), ', '.join(g['runs'])]
                         + [_mean_std(g[k]) for k in METRICS]
                         + [_mean_std(g['delta'][k], signed=True) if g['delta'] else '' for k in ('clean', 'aa', 'nrr')]
@@ -371,7 +382,7 @@ def latex(rows, pairs) -> str:
            r'\begin{tabular}{' + 'l' * 6 + 'r' * len(METRICS) + '}', r'\toprule',
            ' & '.join(header) + r' \\', r'\midrule']
   for row in rows:
-    method = row['method'].replace('_', '-') + (' + RPAT' if row['rpat'] else '')
+    method = row['method'].replace('_', '-') + (' + RPAT' if row['rpat_cell'].startswith('on') else '')
     cells = [row['run'], row['dataset'], row['model'], row['threat'], method, str(row['seed'])]
     lines.append(' & '.join(_tex_escape(c) for c in cells) + ' & '
                  + ' & '.join(_percent(row[k]) or '--' for k in METRICS) + r' \\')

@@ -96,7 +96,7 @@ def tradeoff(rows: Sequence[Dict[str, Any]], references: Sequence[Dict[str, Any]
   for row in evaluated:
     key = (row['method'], row['rpat'])
     colour = colours.setdefault(key, f'C{len(colours)}')
-    label = row['method'] + (' + RPAT' if row['rpat'] else '')
+    label = row['method'] + (' + RPAT' if row['rpat_cell'].startswith('on') else '')
     axis.scatter(100 * row['clean'], 100 * row['aa'], color=colour, s=60, zorder=2, edgecolors='black',
                  marker='o' if row['rpat'] else 'D', label=label if label not in axis.get_legend_handles_labels()[1]
                  else None)
