@@ -82,10 +82,12 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
   choice('model.name', config.model.name, models.MODEL_NAMES)
   choice('model.dtype', config.model.dtype, tuple(models.DTYPES))
 
-  if config.data.name != 'synthetic':
+  # CIFAR-10/100 are prepared on first use (rpat_jax.data.prepare.ensure_prepared), after these checks.
+  if config.data.name != 'synthetic' and config.data.name not in data.PREPARED_ON_FIRST_USE:
     require(data.dataset_available(config.data.name, config.data.data_dir),
              f'data.name={config.data.name!r} is not prepared in data.data_dir={config.data.data_dir!r}; '
-             'allowed: synthetic, or a TFDS dataset prepared there (see the README, "Data")')
+             f'allowed: synthetic, or a TFDS dataset prepared there: '
+             f'{data.how_to_prepare(config.data.name, config.data.data_dir)}')
   if config.data.name == 'synthetic':
     _positive('data.synthetic.num_train', config.data.synthetic.num_train, int)
     _positive('data.synthetic.num_test', config.data.synthetic.num_test, int)

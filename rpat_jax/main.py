@@ -29,6 +29,7 @@ from rpat_jax import preemption
 from rpat_jax import run_config
 from rpat_jax import threats
 from rpat_jax import train
+from rpat_jax.data import prepare
 
 PROG = 'rpat_jax'
 
@@ -52,6 +53,7 @@ def main(argv, cli) -> None:
   try:
     config = threats.resolve(cli.config.value)
     config_validation.validate(config, device_count=None)  # What needs no device: before joining.
+    prepare.ensure_prepared(config.data)  # CIFAR-10/100 on first use; one process per data_dir writes.
     distributed.initialize_from_flags(cli.distributed)
     logging.info('process %d of %d; %d local / %d global devices (%s)', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
@@ -60,7 +62,7 @@ def main(argv, cli) -> None:
     config_validation.validate(config, jax.device_count())
     train.train_and_evaluate(config, cli.workdir.value)
   except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError, paths.PathError,
-          run_config.ConfigChangeError) as error:
+          run_config.ConfigChangeError, prepare.PrepareError) as error:
     cli_lib.fail(PROG, error)
   except (checkpointing.CheckpointError, train.NonFiniteLossError) as error:
     cli_lib.fail(PROG, error, status=1)

@@ -104,7 +104,10 @@ def test_a_missing_dataset_says_how_to_prepare_it(tmp_path):
   config = default.get_config().data
   config.name, config.data_dir = 'cifar100', str(tmp_path)
   assert not data.dataset_available('cifar100', str(tmp_path))
-  with pytest.raises(data.DatasetNotFoundError, match='tfds build cifar100 --file_format=array_record'):
+  with pytest.raises(data.DatasetNotFoundError, match='python -m rpat_jax.data.prepare cifar100 --data_dir='):
+    data.load_dataset(config)
+  config.name = 'svhn_cropped'  # Other catalog datasets: TFDS's own build, once, with TensorFlow.
+  with pytest.raises(data.DatasetNotFoundError, match='tfds build svhn_cropped --file_format=array_record'):
     data.load_dataset(config)
 
 

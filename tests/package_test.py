@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT
 
 BINARIES = ('rpat_jax.main', 'rpat_jax.evaluate.__main__', 'rpat_jax.convert.__main__', 'rpat_jax.bench.__main__',
-            'rpat_jax.data.tiny_imagenet', 'rpat_jax.perception.__main__', 'rpat_jax.report.__main__')
+            'rpat_jax.data.tiny_imagenet', 'rpat_jax.data.prepare', 'rpat_jax.perception.__main__',
+            'rpat_jax.report.__main__')
 
 
 def test_every_module_imports_without_defining_flags():

@@ -1,10 +1,10 @@
 """Data: TFDS datasets as on-device uint8 arrays, the synthetic dataset, on-device augmentation."""
 
 from rpat_jax.data.augment import random_crop_flip, to_float
-from rpat_jax.data.dataset import (DatasetInfo, DatasetNotFoundError, ImageDataset, dataset_available, describe,
-                                   load_dataset, load_rows)
+from rpat_jax.data.dataset import (PREPARED_ON_FIRST_USE, DatasetInfo, DatasetNotFoundError, ImageDataset,
+                                   dataset_available, describe, how_to_prepare, load_dataset, load_rows)
 from rpat_jax.data.synthetic import make_synthetic
 
-__all__ = ['DatasetInfo', 'DatasetNotFoundError', 'ImageDataset', 'dataset_available', 'describe', 'load_dataset',
-           'load_rows', 'make_synthetic',
+__all__ = ['PREPARED_ON_FIRST_USE', 'DatasetInfo', 'DatasetNotFoundError', 'ImageDataset', 'dataset_available',
+           'describe', 'how_to_prepare', 'load_dataset', 'load_rows', 'make_synthetic',
            'random_crop_flip', 'to_float']

@@ -1,7 +1,8 @@
 """TFDS image-classification datasets as uint8 arrays, decoded once and cached on disk.
 
 Reading uses `tfds.data_source` (random-access ArrayRecord files), so no TensorFlow is needed at run
-time; preparing a dataset needs TensorFlow and the internet once (see `DatasetNotFoundError`). The whole
+time. CIFAR-10/100 and Tiny-ImageNet are prepared without TensorFlow too (`rpat_jax.data.prepare`,
+`rpat_jax.data.tiny_imagenet`); other TFDS datasets need `tfds build` once (see `DatasetNotFoundError`). The whole
 decoded dataset is small (CIFAR: 180 MB) and is placed on the devices by the trainer. With several
 processes each one reads only the rows its devices hold (`describe` + `load_rows`).
 """
@@ -17,6 +18,8 @@ import numpy as np
 from absl import logging
 
 _CHUNK = 1000  # Records per read; chunks are decoded in parallel (PIL releases the GIL).
+# Prepared by the trainer when missing (`rpat_jax.data.prepare`): the canonical tarballs need no TensorFlow.
+PREPARED_ON_FIRST_USE = ('cifar10', 'cifar100')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,27 +42,60 @@ class ImageDataset:
   name: str
 
 
+def how_to_prepare(name: str, data_dir: Optional[str]) -> str:
+  """The command that prepares `name` where it was looked for."""
+  where = f' --data_dir={data_dir}' if data_dir else ''
+  if name in ('cifar10', 'cifar100'):
+    return f'`python -m rpat_jax.data.prepare {name}{where}` (no TensorFlow; --source=PATH offline)'
+  if name == 'tiny_imagenet':
+    return f'`python -m rpat_jax.data.tiny_imagenet --source=tiny-imagenet-200{where}`'
+  return (f'`tfds build {name} --file_format=array_record --data_dir=DIR` on a machine with TensorFlow, then '
+          '--config.data.data_dir=DIR')
+
+
 class DatasetNotFoundError(FileNotFoundError):
   """A dataset that is not prepared where we look; the message says how to prepare it."""
 
   def __init__(self, name: str, data_dir: Optional[str]):
     where = data_dir or 'the TFDS default data_dir (~/tensorflow_datasets)'
-    super().__init__(
-        f'dataset {name!r} is not prepared (as ArrayRecord) in {where}; prepare it once on a machine with '
-        f'TensorFlow and internet: `tfds build {name} --file_format=array_record --data_dir=DIR`, then pass '
-        f'--config.data.data_dir=DIR (or use --config.data.name=synthetic for a run without download)')
+    builder = _prepared_builder(name, data_dir)
+    if builder is not None and not _has_array_record(builder):
+      super().__init__(
+          f'dataset {name!r} in {where} is in TFRecord files (what tfds.load writes), and rpat_jax reads ArrayRecord; '
+          f'add ArrayRecord files beside them with `tfds convert_format --dataset_version_dir={builder.data_dir} '
+          f'--out_file_format=array_record` (needs TensorFlow), or prepare it into another data_dir: '
+          f'{how_to_prepare(name, "OTHER_DIR")}')
+      return
+    super().__init__(f'dataset {name!r} is not prepared (as ArrayRecord) in {where}; prepare it once with '
+                     f'{how_to_prepare(name, data_dir)} (or use --config.data.name=synthetic for a run without '
+                     'download)')
 
 
-def _builder(name: str, data_dir: Optional[str]):
-  """The TFDS builder of a prepared ArrayRecord dataset, or None. Never downloads."""
+def _prepared_builder(name: str, data_dir: Optional[str]):
+  """The TFDS builder of `name` if some format of it is prepared in data_dir, else None. Never downloads."""
   import tensorflow_datasets as tfds  # Slow import: only where a TFDS dataset is asked for.
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception:  # tfds raises DatasetNotFoundError (a ValueError) for unknown, unprepared names.
     return None
-  if not builder.is_prepared() or 'array_record' not in str(builder.info.file_format).lower():
-    return None
-  return builder
+  return builder if builder.is_prepared() else None
+
+
+def _has_array_record(builder) -> bool:
+  """ArrayRecord files, as the dataset's format or beside another (`tfds convert_format` adds them)."""
+  return any('array_record' in str(f).lower() for f in builder.info.available_file_formats())
+
+
+def _builder(name: str, data_dir: Optional[str]):
+  """The TFDS builder of a prepared ArrayRecord dataset, or None. Never downloads."""
+  builder = _prepared_builder(name, data_dir)
+  return builder if builder is not None and _has_array_record(builder) else None
+
+
+def prepared_as_tfrecord(name: str, data_dir: Optional[str]) -> bool:
+  """True where `name` is prepared without ArrayRecord files (TFDS's default TFRecord format)."""
+  builder = _prepared_builder(name, data_dir)
+  return builder is not None and not _has_array_record(builder)
 
 
 def dataset_available(name: str, data_dir: Optional[str]) -> bool:

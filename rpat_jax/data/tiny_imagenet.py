@@ -16,13 +16,15 @@ import functools
 import os
 import sys
 import types
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
-import tensorflow_datasets as tfds
 from absl import app
 from absl import flags
 
+from rpat_jax.data import arrayrecord
+
 IMAGE_SIZE = 64
+VERSION = '1.0.0'
 
 
 def read_layout(source_dir: str) -> Tuple[List[str], Dict[str, List[Tuple[str, int]]]]:
@@ -47,38 +49,19 @@ def read_layout(source_dir: str) -> Tuple[List[str], Dict[str, List[Tuple[str, i
   return wnids, {'train': train, 'test': test}
 
 
-class TinyImagenet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Builds `tiny_imagenet` from a local folder (`source_dir`); no download. Unregistered, so readers
-  (`tfds.data_source`) take the class count and features from the prepared files, not from here."""
-
-  VERSION = tfds.core.Version('1.0.0')
-
-  def __init__(self, *, source_dir: Optional[str] = None, **kwargs):
-    self._source_dir = source_dir
-    self._layout = read_layout(source_dir) if source_dir else None
-    super().__init__(**kwargs)
-
-  def _info(self):
-    num_classes = len(self._layout[0]) if self._layout else 200
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format='jpeg'),
-        'label': tfds.features.ClassLabel(num_classes=num_classes)}))
-
-  def _split_generators(self, dl_manager):
-    if self._layout is None:
-      raise ValueError('TinyImagenet needs source_dir, the tiny-imagenet-200 folder')
-    return {split: self._generate_examples(examples) for split, examples in self._layout[1].items()}
-
-  def _generate_examples(self, examples) -> Iterator:
-    for path, label in examples:
-      yield os.path.basename(path), {'image': path, 'label': label}
-
-
 def prepare(source_dir: str, data_dir: str) -> str:
-  """Writes `tiny_imagenet` into data_dir; returns the dataset's directory."""
-  builder = TinyImagenet(source_dir=source_dir, data_dir=os.path.expanduser(data_dir), file_format='array_record')
-  builder.download_and_prepare()
-  return builder.data_dir
+  """Writes `tiny_imagenet` into data_dir (rpat_jax.data.arrayrecord: record i of a split is the i-th
+  image of `read_layout`'s listing); returns the dataset's directory."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  (slow import)
+  wnids, layout = read_layout(source_dir)
+  features = tfds.features.FeaturesDict({
+      'image': tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format='jpeg'),
+      'label': tfds.features.ClassLabel(names=wnids)})
+  splits = {split: functools.partial(lambda examples: ({'image': path, 'label': label} for path, label in examples),
+                                     examples) for split, examples in layout.items()}
+  return arrayrecord.write('tiny_imagenet', VERSION, data_dir, features, splits,
+                           description='Tiny-ImageNet (64x64, 200 classes) from the tiny-imagenet-200 folder.',
+                           homepage='http://cs231n.stanford.edu/tiny-imagenet-200.zip')
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
