@@ -83,9 +83,23 @@ def _server(tmp_path):
   """An HTTP server on 127.0.0.1 over tmp_path/served."""
   served = tmp_path / 'served'
   served.mkdir()
-  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-  handler.log_message = lambda *args: None
-  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+      del args
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      if self.path != '/cut.tar.gz':
+        return super().do_GET()
+      self.send_response(200)  # A connection that drops a third of the way through.
+      self.send_header('Content-Length', '30000')
+      self.end_headers()
+      self.wfile.write(b'x' * 10000)
+      self.wfile.flush()
+      self.close_connection = True
+      return None
+
+  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(served)))
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()
   yield served, f'http://127.0.0.1:{httpd.server_address[1]}'
@@ -148,6 +162,8 @@ def test_refusals_leave_nothing_a_run_would_take_for_a_dataset(tmp_path, server)
   refused('has MD5 .*, not the expected c58f30108f718f92721af3b95e74349a', source=f'{url}/c.tar.gz')
   assert os.listdir(data_dir / 'downloads') == []  # The wrong download is gone.
   refused('has MD5', source=str(tarball))  # A local tarball is checked too.
+  refused('the download of .*/cut.tar.gz stopped after 10000 of 30000 bytes', source=f'{url}/cut.tar.gz', md5='none')
+  assert os.listdir(data_dir / 'downloads') == []  # The interrupted download is gone.
   cut = tmp_path / 'cut.tar.gz'
   cut.write_bytes(tarball.read_bytes()[:len(tarball.read_bytes()) // 2])
   refused('is not a complete cifar-10-batches-py tarball', source=str(cut), md5='none')

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import http.client
 import os
 import sys
 import time
@@ -90,11 +91,13 @@ def download(url: str, path: str, expected_md5: str, *, progress: bool = True, t
     os.replace(partial, path)
   except PrepareError:
     raise
-  except (urllib.error.URLError, OSError) as error:
-    if isinstance(error, urllib.error.HTTPError):
+  except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+    if isinstance(error, http.client.IncompleteRead):
+      reason = f'the connection closed after {len(error.partial)} bytes of this block'
+    elif isinstance(error, urllib.error.HTTPError):
       reason = f'HTTP {error.code} {error.reason}'
     else:
-      reason = getattr(error, 'reason', None) or error.strerror or error
+      reason = getattr(error, 'reason', None) or getattr(error, 'strerror', None) or error
     raise PrepareError(f'cannot download {url}: {reason}') from error
   finally:
     if os.path.exists(partial):
