@@ -11,7 +11,8 @@ Record i of a split is row i of the source (data_batch_1 ... 5, then test_batch;
 published one unless `--md5=HEX|none` says otherwise. One process prepares a dataset at a time (a lock in
 the data_dir; the others wait and then find it prepared), and TFDS renames a complete dataset into place,
 so a failed or interrupted preparation leaves nothing a later run would take for a dataset. Training on
-`cifar10` / `cifar100` calls `ensure_prepared` first. Bad input gives one line,
+`cifar10` / `cifar100` calls `ensure_prepared` first. `--convert_tfrecord` instead adds ArrayRecord files
+beside a dataset `tfds.load` prepared as TFRecord (TFDS's converter; it needs TensorFlow). Bad input gives one line,
 `rpat_jax.data.prepare: error: ...`, and exit status 2.
 """
 
@@ -206,6 +207,31 @@ def prepare(name: str, data_dir: Optional[str] = None, *, source: Optional[str] 
     return where
 
 
+def convert_tfrecord(name: str, data_dir: Optional[str] = None) -> str:
+  """Adds ArrayRecord files beside a dataset that TFDS prepared as TFRecord (what `tfds.load` leaves), with
+  TFDS's own converter, which reads TFRecords through TensorFlow; returns the dataset's directory."""
+  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  if dataset.dataset_available(name, data_dir):
+    logging.info('%s in %s has ArrayRecord files already.', name, data_dir)
+    return data_dir
+  if not dataset.prepared_as_tfrecord(name, data_dir):
+    raise PrepareError(f'{name} is not prepared in {data_dir}: nothing to convert')
+  try:
+    import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as error:
+    raise PrepareError(f'converting TFRecord files needs TensorFlow to read them (pip install tensorflow); '
+                       f'or prepare {name} into another data_dir: {dataset.how_to_prepare(name, "OTHER_DIR")}') from error
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.scripts.cli import convert_format_utils  # pylint: disable=import-outside-toplevel
+  version_dir = tfds.builder(name, data_dir=data_dir).data_dir
+  with _one_writer(data_dir, name):
+    convert_format_utils.convert_dataset(out_dir=None, out_file_format='array_record',
+                                         dataset_version_dir=version_dir, num_workers=1)
+  if not dataset.dataset_available(name, data_dir):
+    raise PrepareError(f'TFDS converted {version_dir}, yet no ArrayRecord files are listed in its dataset_info.json')
+  return version_dir
+
+
 def ensure_prepared(data_config) -> None:
   """Before training: prepares CIFAR-10/100 in data.data_dir (or TFDS's default) if it is not there,
   downloading the canonical tarball; offline, one line says which command to run with --source."""
@@ -232,7 +258,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNam
       source=flags.DEFINE_string('source', None, 'A URL, a tarball or an extracted folder (default: the '
                                  'canonical URL).', **values),
       md5=flags.DEFINE_string('md5', None, "The tarball's expected MD5 (default: the published one), or none.",
-                              **values))
+                              **values),
+      convert_tfrecord=flags.DEFINE_bool('convert_tfrecord', False, 'Instead, add ArrayRecord files beside a TFDS '
+                                         'dataset prepared as TFRecord in --data_dir (any name; needs TensorFlow).',
+                                         **values))
 
 
 def main(argv, cli) -> None:
@@ -240,6 +269,9 @@ def main(argv, cli) -> None:
   if len(argv) != 2:
     cli_lib.fail(PROG, f'give one dataset name ({", ".join(NAMES)}), e.g. `python -m {PROG} cifar10`')
   try:
+    if cli.convert_tfrecord.value:
+      print(convert_tfrecord(argv[1], cli.data_dir.value))
+      return
     print(prepare(argv[1], cli.data_dir.value, source=cli.source.value, md5=cli.md5.value))
   except PrepareError as error:
     cli_lib.fail(PROG, str(error))
