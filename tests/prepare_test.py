@@ -230,15 +230,17 @@ def test_tfrecord_files_are_not_ignored_and_the_binary_errors_in_one_line(tmp_pa
   config = default.get_config().data
   config.name, config.data_dir = 'cifar10', str(tmp_path / 'tfds')
   assert not data.dataset_available('cifar10', config.data_dir)
-  with pytest.raises(data.DatasetNotFoundError, match=r'is in TFRecord files .*`python -m rpat_jax.data.prepare '
-                     r'cifar10 --convert_tfrecord --data_dir=.*` \(TFDS\'s convert_format on .*/cifar10/3\.0\.2; ') as error:
+  expected = (r'is in TFRecord files .*`python -m rpat_jax.data.prepare cifar10 --convert_tfrecord --data_dir=.*` '
+              r'\(TFDS\'s convert_format on .*/cifar10/3\.0\.2; ')
+  with pytest.raises(data.DatasetNotFoundError, match=expected) as error:
     prepare.ensure_prepared(config)
   try:
     import tensorflow  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
   except ImportError:  # The conversion reads TFRecords through TensorFlow, which the package does not need.
     with pytest.raises(prepare.PrepareError, match='needs TensorFlow to read them'):
       prepare.convert_tfrecord('cifar10', config.data_dir)
-  assert '\n' not in str(error.value) and 'python -m rpat_jax.data.prepare cifar10 --data_dir=OTHER_DIR' in str(error.value)
+  message = str(error.value)
+  assert '\n' not in message and 'python -m rpat_jax.data.prepare cifar10 --data_dir=OTHER_DIR' in message
   capsys.readouterr()
   for argv, expected in ((['prepare', 'svhn'], "'svhn' cannot be prepared here; allowed: cifar10, cifar100"),
                          (['prepare'], 'give one dataset name (cifar10, cifar100)'),

@@ -136,8 +136,10 @@ def test_tables_pair_each_rpat_run_with_its_seed_and_write_every_file(tmp_path, 
   assert tex.count(r'\\') == 1 + len(dirs) + 3  # Header, one line per run, a change line per RPAT pair.
   # Every figure: the curves, one trade-off plane per evaluated setting, the diagnostic across runs.
   pictures = sorted(p.name for p in out.glob('*.png'))
-  assert pictures == sorted(['perception_pgd.png', 'training_curves.png', 'tradeoff_cifar10_preactresnet_18_linf_8_255.png',
-                             'tradeoff_synthetic_smallcnn_16_linf_8_255.png', 'tradeoff_synthetic_smallcnn_8_linf_8_255.png'])
+  assert pictures == sorted(['perception_pgd.png', 'training_curves.png',
+                             'tradeoff_cifar10_preactresnet_18_linf_8_255.png',
+                             'tradeoff_synthetic_smallcnn_16_linf_8_255.png',
+                             'tradeoff_synthetic_smallcnn_8_linf_8_255.png'])
   # The paper's points mark the PreActResNet-18 CIFAR-10 Linf plane only (11 methods on the poster).
   assert references == {'cifar10, PreActResNet-18, Linf 8/255': 11, 'synthetic, SmallCNN-16, Linf 8/255': 0,
                         'synthetic, SmallCNN-8, Linf 8/255': 0}

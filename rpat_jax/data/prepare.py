@@ -219,8 +219,9 @@ def convert_tfrecord(name: str, data_dir: Optional[str] = None) -> str:
   try:
     import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError as error:
+    elsewhere = dataset.how_to_prepare(name, 'OTHER_DIR')
     raise PrepareError(f'converting TFRecord files needs TensorFlow to read them (pip install tensorflow); '
-                       f'or prepare {name} into another data_dir: {dataset.how_to_prepare(name, "OTHER_DIR")}') from error
+                       f'or prepare {name} into another data_dir: {elsewhere}') from error
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from tensorflow_datasets.scripts.cli import convert_format_utils  # pylint: disable=import-outside-toplevel
   version_dir = tfds.builder(name, data_dir=data_dir).data_dir

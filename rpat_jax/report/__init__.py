@@ -148,8 +148,9 @@ def describe(run: Run) -> Dict[str, Any]:
   config, results = run.config, run.results
   row = {'run': run.name, 'dataset': config['data.name'], 'model': architecture(config), 'threat': threat(config),
          'method': config['method'], 'rpat': uses_rpat(config), 'rpat_cell': _rpat_cell(config),
-         'lam': config['rpat.lam'], 'rates': tuple(config['rpat.rates']), 'seed': config['seed'], 'epochs': _trained_epochs(run),
-         'planned_epochs': config['epochs'], 'checkpoint': '', 'n_examples': None, 'notes': []}
+         'lam': config['rpat.lam'], 'rates': tuple(config['rpat.rates']), 'seed': config['seed'],
+         'epochs': _trained_epochs(run), 'planned_epochs': config['epochs'], 'checkpoint': '', 'n_examples': None,
+         'notes': []}
   row.update({key: None for key in METRICS})
   if results is None:
     row['notes'].append('not evaluated (python -m rpat_jax.evaluate)')
@@ -330,10 +331,15 @@ def _number(value: Optional[float], digits: int = 4) -> str:
 
 def perception_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
   """Each run's diagnostics, with what does not add up in them (`checks`: 'ok' or the problems)."""
-  return [dict(result, run=run.name, run_method=run.config['method'] + (' + RPAT' if run.config['rpat.enabled']
-                                                                        else ''),
-               checks='; '.join(perception.inconsistencies(result)) or 'ok')
-          for run in runs for _, result in sorted(run.perception.items())]
+  rows = []
+  for run in runs:
+    for _, result in sorted(run.perception.items()):
+      problems = perception.inconsistencies(result)
+      if result.get('checkpoint') == 'last' and (result.get('checkpoint_step') or 0) < _trained_epochs(run):
+        problems.append(f"stale: epoch {result['checkpoint_step']}, trained to {_trained_epochs(run)}")
+      rows.append(dict(result, run=run.name, checks='; '.join(problems) or 'ok',
+                       run_method=run.config['method'] + (' + RPAT' if run.config['rpat.enabled'] else '')))
+  return rows
 
 
 def _perception_cells(p: Dict[str, Any]) -> List[str]:
