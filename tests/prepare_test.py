@@ -5,7 +5,6 @@ nothing left behind (wrong MD5, truncated tarball, missing batch, full disk, a s
 import functools
 import hashlib
 import http.server
-import io
 import json
 import os
 import pickle

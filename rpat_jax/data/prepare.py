@@ -30,7 +30,6 @@ import urllib.parse
 import urllib.request
 from typing import Optional
 
-from absl import app
 from absl import flags
 from absl import logging
 

@@ -15,13 +15,13 @@ Bad input gives one line, `rpat_jax.report: error: ...`, and exit status 2.
 import re
 import types
 
-from absl import app
 from absl import flags
 
 from rpat_jax import cli as cli_lib
 from rpat_jax import paths
 from rpat_jax import report
 from rpat_jax.report import figures
+from rpat_jax.report import tables
 
 PROG = 'rpat_jax.report'
 
@@ -55,9 +55,9 @@ def write_report(run_paths, out: str, *, robustbench: str = None, ema: bool = Fa
     paths.write_atomic(path, data)
     written.append(str(path))
 
-  write(out_dir / 'results.md', report.markdown(rows, pairs, groups, perception_rows))
-  write(out_dir / 'results.csv', report.csv_text(rows, pairs))
-  write(out_dir / 'results.tex', report.latex(rows, pairs))
+  write(out_dir / 'results.md', tables.markdown(rows, pairs, groups, perception_rows))
+  write(out_dir / 'results.csv', tables.csv_text(rows, pairs))
+  write(out_dir / 'results.tex', tables.latex(rows, pairs))
   write(out_dir / 'training_curves.png', figures.training_curves(runs))
   published = figures.paper_points()['points']
   settings = {}
@@ -77,7 +77,7 @@ def write_report(run_paths, out: str, *, robustbench: str = None, ema: bool = Fa
     root = paths.as_path(robustbench)
     for run, row in zip(runs, rows):
       if row['aa'] is not None:
-        where, entry = report.robustbench_entry(row, run.config)
+        where, entry = tables.robustbench_entry(row, run.config)
         paths.make_dir((root / where).parent, what='--robustbench directory')
         write(root / where, json.dumps(entry, indent=2) + '\n')
   return written
