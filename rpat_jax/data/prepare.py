@@ -110,7 +110,11 @@ def _one_writer(data_dir: str, name: str):
   """Holds an exclusive lock on data_dir/.<name>.prepare.lock; waits (saying so) while another process
   prepares the same dataset. A file system without locks goes ahead with a warning."""
   path = os.path.join(data_dir, f'.{name}.prepare.lock')
-  with open(path, 'a+') as handle:
+  try:
+    handle = open(path, 'a+')  # pylint: disable=consider-using-with
+  except OSError as error:
+    raise PrepareError(f'cannot write in {data_dir}: {error.strerror}') from error
+  with handle:
     try:
       try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -185,6 +189,9 @@ def prepare(name: str, data_dir: Optional[str] = None, *, source: Optional[str] 
   except OSError as error:
     raise PrepareError(f'--data_dir={data_dir} cannot be created: {error.strerror}') from error
   expected = md5 or release.md5
+  if dataset.dataset_available(name, data_dir):  # Prepared (perhaps read-only): no lock needed.
+    logging.info('%s is prepared in %s already.', name, data_dir)
+    return os.path.join(data_dir, name, release.version)
   with _one_writer(data_dir, name):
     if dataset.dataset_available(name, data_dir):
       logging.info('%s is prepared in %s already.', name, data_dir)
