@@ -229,15 +229,15 @@ def test_tfrecord_files_are_not_ignored_and_the_binary_errors_in_one_line(tmp_pa
   config = default.get_config().data
   config.name, config.data_dir = 'cifar10', str(tmp_path / 'tfds')
   assert not data.dataset_available('cifar10', config.data_dir)
-  expected = (r'is in TFRecord files .*`python -m rpat_jax.data.prepare cifar10 --convert_tfrecord --data_dir=.*` '
-              r'\(TFDS\'s convert_format on .*/cifar10/3\.0\.2; ')
+  expected = (r'is in TFRecord files .*`python -m rpat_jax.data.prepare cifar10 --data_dir=.* '
+              r'--convert_tfrecord=OTHER_DIR` \(reads .*/cifar10/3\.0\.2 with TensorFlow\)')
   with pytest.raises(data.DatasetNotFoundError, match=expected) as error:
     prepare.ensure_prepared(config)
   try:
     import tensorflow  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
   except ImportError:  # The conversion reads TFRecords through TensorFlow, which the package does not need.
-    with pytest.raises(prepare.PrepareError, match='needs TensorFlow to read them'):
-      prepare.convert_tfrecord('cifar10', config.data_dir)
+    with pytest.raises(prepare.PrepareError, match='reading TFRecord files needs TensorFlow'):
+      prepare.convert_tfrecord('cifar10', config.data_dir, str(tmp_path / 'converted'))
   message = str(error.value)
   assert '\n' not in message and 'python -m rpat_jax.data.prepare cifar10 --data_dir=OTHER_DIR' in message
   capsys.readouterr()

@@ -62,9 +62,9 @@ class DatasetNotFoundError(FileNotFoundError):
     if builder is not None and not _has_array_record(builder):
       super().__init__(
           f'dataset {name!r} in {where} is in TFRecord files (what tfds.load writes), and rpat_jax reads ArrayRecord; '
-          f'add ArrayRecord files beside them with `python -m rpat_jax.data.prepare {name} --convert_tfrecord'
-          f'{" --data_dir=" + data_dir if data_dir else ""}` (TFDS\'s convert_format on {builder.data_dir}; needs '
-          'TensorFlow), or prepare it into another data_dir: '
+          f'copy it as ArrayRecord with `python -m rpat_jax.data.prepare {name}'
+          f'{" --data_dir=" + data_dir if data_dir else ""} --convert_tfrecord=OTHER_DIR` (reads {builder.data_dir} '
+          'with TensorFlow), or prepare it anew: '
           f'{how_to_prepare(name, "OTHER_DIR")}')
       return
     super().__init__(f'dataset {name!r} is not prepared (as ArrayRecord) in {where}; prepare it once with '

@@ -11,8 +11,8 @@ Record i of a split is row i of the source (data_batch_1 ... 5, then test_batch;
 published one unless `--md5=HEX|none` says otherwise. One process prepares a dataset at a time (a lock in
 the data_dir; the others wait and then find it prepared), and TFDS renames a complete dataset into place,
 so a failed or interrupted preparation leaves nothing a later run would take for a dataset. Training on
-`cifar10` / `cifar100` calls `ensure_prepared` first. `--convert_tfrecord` instead adds ArrayRecord files
-beside a dataset `tfds.load` prepared as TFRecord (TFDS's converter; it needs TensorFlow). Bad input gives one line,
+`cifar10` / `cifar100` calls `ensure_prepared` first. `--convert_tfrecord=OUT_DIR` instead copies a dataset
+that `tfds.load` prepared as TFRecord into OUT_DIR as ArrayRecord (needs TensorFlow). Bad input gives one line,
 `rpat_jax.data.prepare: error: ...`, and exit status 2.
 """
 
@@ -213,30 +213,37 @@ def prepare(name: str, data_dir: Optional[str] = None, *, source: Optional[str] 
     return where
 
 
-def convert_tfrecord(name: str, data_dir: Optional[str] = None) -> str:
-  """Adds ArrayRecord files beside a dataset that TFDS prepared as TFRecord (what `tfds.load` leaves), with
-  TFDS's own converter, which reads TFRecords through TensorFlow; returns the dataset's directory."""
+def convert_tfrecord(name: str, data_dir: Optional[str], out_dir: str) -> str:
+  """Copies a TFDS dataset prepared as TFRecord (what `tfds.load` leaves) into `out_dir` as ArrayRecord,
+  record for record in the TFRecord files' order, with its features and version; reading TFRecords needs
+  TensorFlow. The source is left as it is (TFDS's in-place `convert_format` needs Apache Beam, and the
+  alternative format it adds is not read back by tfds.data_source 4.9). Returns the new directory."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
-  if dataset.dataset_available(name, data_dir):
-    logging.info('%s in %s has ArrayRecord files already.', name, data_dir)
-    return data_dir
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  if out_dir == data_dir:
+    raise PrepareError(f'--out_dir={out_dir} is the TFRecord data_dir; give another directory')
   if not dataset.prepared_as_tfrecord(name, data_dir):
-    raise PrepareError(f'{name} is not prepared in {data_dir}: nothing to convert')
+    raise PrepareError(f'{name} is not prepared as TFRecord in {data_dir}: nothing to convert')
   try:
     import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError as error:
     elsewhere = dataset.how_to_prepare(name, 'OTHER_DIR')
-    raise PrepareError(f'converting TFRecord files needs TensorFlow to read them (pip install tensorflow); '
-                       f'or prepare {name} into another data_dir: {elsewhere}') from error
+    raise PrepareError(f'reading TFRecord files needs TensorFlow (pip install tensorflow); or prepare {name} '
+                       f'into another data_dir: {elsewhere}') from error
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from tensorflow_datasets.scripts.cli import convert_format_utils  # pylint: disable=import-outside-toplevel
-  version_dir = tfds.builder(name, data_dir=data_dir).data_dir
-  with _one_writer(data_dir, name):
-    convert_format_utils.convert_dataset(out_dir=None, out_file_format='array_record',
-                                         dataset_version_dir=version_dir, num_workers=1)
-  if not dataset.dataset_available(name, data_dir):
-    raise PrepareError(f'TFDS converted {version_dir}, yet no ArrayRecord files are listed in its dataset_info.json')
-  return version_dir
+  source = tfds.builder(name, data_dir=data_dir)
+  info = source.info
+
+  def records(split):
+    return lambda: iter(tfds.as_numpy(source.as_dataset(split=split, shuffle_files=False)))
+
+  os.makedirs(out_dir, exist_ok=True)
+  with _one_writer(out_dir, name):
+    if dataset.dataset_available(name, out_dir):
+      return os.path.join(out_dir, name, str(info.version))
+    return arrayrecord.write(name, str(info.version), out_dir, info.features,
+                             {split: records(split) for split in info.splits}, description=info.description,
+                             homepage=info.homepage, citation=info.citation, supervised_keys=info.supervised_keys)
 
 
 def ensure_prepared(data_config) -> None:
@@ -266,9 +273,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNam
                                  'canonical URL).', **values),
       md5=flags.DEFINE_string('md5', None, "The tarball's expected MD5 (default: the published one), or none.",
                               **values),
-      convert_tfrecord=flags.DEFINE_bool('convert_tfrecord', False, 'Instead, add ArrayRecord files beside a TFDS '
-                                         'dataset prepared as TFRecord in --data_dir (any name; needs TensorFlow).',
-                                         **values))
+      convert_tfrecord=flags.DEFINE_string('convert_tfrecord', None, 'Instead, copy a TFDS dataset prepared as '
+                                           'TFRecord in --data_dir into this data_dir as ArrayRecord (any name; '
+                                           'needs TensorFlow).', **values))
 
 
 def main(argv, cli) -> None:
@@ -277,7 +284,7 @@ def main(argv, cli) -> None:
     cli_lib.fail(PROG, f'give one dataset name ({", ".join(NAMES)}), e.g. `python -m {PROG} cifar10`')
   try:
     if cli.convert_tfrecord.value:
-      print(convert_tfrecord(argv[1], cli.data_dir.value))
+      print(convert_tfrecord(argv[1], cli.data_dir.value, cli.convert_tfrecord.value))
       return
     print(prepare(argv[1], cli.data_dir.value, source=cli.source.value, md5=cli.md5.value))
   except PrepareError as error:
