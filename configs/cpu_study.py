@@ -5,12 +5,17 @@
 
 The small CNN (width 16, 24,346 parameters) is the only model of the package that trains several runs on
 the full 50,000-image training split within two hours on 2 CPU cores: PreActResNet-18 runs at about
-4 images/s there (docs/benchmarks.md), a day per epoch of adversarial training. The training attack is
-PGD-5 (eps 8/255, step 2/255: five steps reach the box's corners) instead of the official PGD-10 to halve
-the step; 5 epochs, lr 0.1 for four and 0.01 for the last; everything else is the official default
+4 images/s there (docs/benchmarks.md), 3.5 hours per epoch of adversarial training. The training attack
+is PGD-5 (eps 8/255, step 2/255: five steps reach the box's corners) instead of the official PGD-10, to
+halve the step; 5 epochs, lr 0.1 for four and 0.01 for the last; everything else is the official default
 (lam 1.0, rate 0.5, SGD momentum 0.9, weight decay 5e-4, batch 128). Test clean and PGD-10 accuracy on
 the first 1,000 test images after each epoch. Words as for every config: standard, noise, pgd_at, rpat,
 no_rpat, ...
+
+About 14-19 minutes per PGD-AT run and 18-26 with RPAT on 2 CPU cores (250-350 images/s); 6 for
+standard or noise. Expected after epoch 5 (docs/results.md, seeds 0 and 1): clean about 39-40% and
+AutoAttack about 17.5-19% on the first 1,000 test images for PGD-AT with or without RPAT; about 56%
+clean for standard and noise.
 """
 
 from rpat_jax import defaults

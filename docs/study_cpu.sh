@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU study of docs/results.md: PGD-AT vs PGD-AT + RPAT (two seeds each), the standard and noise
 # references, the perception diagnostic on each, standard AutoAttack on the first 1,000 test points, and the
-# report. Usage: TFDS_DIR=/path/to/tfds bash docs/study_cpu.sh [RUNS_DIR]   (about 1.5 hours on 2 CPU cores)
+# report. Usage: TFDS_DIR=/path/to/tfds bash docs/study_cpu.sh [RUNS_DIR]   (about two hours on 2 CPU cores)
 set -euo pipefail
 : "${TFDS_DIR:?set TFDS_DIR to a TFDS data_dir holding cifar10_jpeg}"
 RUNS=${1:-runs/study}

@@ -117,15 +117,19 @@ def perception(results: Sequence[Dict[str, Any]], kind: str) -> bytes:
   """The diagnostic across runs: mean squared logit change per group (bars) and the normalised linearity
   profile of all points, one line per run."""
   pyplot = _pyplot()
-  figure, (bars, profile) = pyplot.subplots(1, 2, figsize=(13, 5))
+  figure, (bars, profile) = pyplot.subplots(1, 2, figsize=(max(13, 4 + 2.2 * len(results)), 5.5),
+                                            gridspec_kw={'width_ratios': [max(1, len(results) / 3), 1]})
   width = 0.8 / 3
   for g, (group, colour) in enumerate(zip(('all', 'success', 'failure'), ('#777777', '#2a7ab9', '#d1495b'))):
     xs = [i + (g - 1) * width for i in range(len(results))]
     values = [r['groups'][group]['d_full'] if r['groups'][group]['count'] else 0.0 for r in results]
     bars.bar(xs, values, width, color=colour, label=group)
   bars.set_xticks(range(len(results)))
-  bars.set_xticklabels([f"{r['run']}\n{r['run_method']}\nclean {r['clean_acc']:.0%}, pert. {r['perturbed_acc']:.0%}"
+  bars.set_xticklabels([f"{r['run']}\n{r['run_method']}\nclean {r['clean_acc']:.0%}\nperturbed {r['perturbed_acc']:.0%}"
                         for r in results], fontsize=8)
+  drawn = [r['groups'][g]['d_full'] for r in results for g in ('all', 'success', 'failure') if r['groups'][g]['count']]
+  if drawn and min(drawn) > 0 and max(drawn) / min(drawn) > 20:  # Clean and adversarial training side by side.
+    bars.set_yscale('log')
   bars.set_ylabel("mean squared logit change (z(x) - z(x'))^2")
   bars.set_title(f'{kind} perturbation')
   bars.legend()
