@@ -240,6 +240,8 @@ def test_tfrecord_files_are_not_ignored_and_the_binary_errors_in_one_line(tmp_pa
       prepare.convert_tfrecord('cifar10', config.data_dir, str(tmp_path / 'converted'))
   message = str(error.value)
   assert '\n' not in message and 'python -m rpat_jax.data.prepare cifar10 --data_dir=OTHER_DIR' in message
+  with pytest.raises(prepare.PrepareError, match='is in TFRecord files'):  # Not a silent no-op over them.
+    prepare.prepare('cifar10', config.data_dir, source=str(folder))
   capsys.readouterr()
   for argv, expected in ((['prepare', 'svhn'], "'svhn' cannot be prepared here; allowed: cifar10, cifar100"),
                          (['prepare'], 'give one dataset name (cifar10, cifar100)'),

@@ -192,6 +192,8 @@ def prepare(name: str, data_dir: Optional[str] = None, *, source: Optional[str] 
   if dataset.dataset_available(name, data_dir):  # Prepared (perhaps read-only): no lock needed.
     logging.info('%s is prepared in %s already.', name, data_dir)
     return os.path.join(data_dir, name, release.version)
+  if dataset.prepared_as_tfrecord(name, data_dir):  # TFDS would keep those files and write nothing.
+    raise PrepareError(str(dataset.DatasetNotFoundError(name, data_dir)))
   with _one_writer(data_dir, name):
     if dataset.dataset_available(name, data_dir):
       logging.info('%s is prepared in %s already.', name, data_dir)
