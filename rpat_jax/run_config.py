@@ -21,12 +21,13 @@ class ConfigChangeError(ValueError):
   """A resume with a config whose meaning differs from the run's; the message is one line."""
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+def flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  """{'attack': {'eps': e}} -> {'attack.eps': e}: a config's keys as the command line names them."""
   flat = {}
   for key, value in tree.items():
     name = f'{prefix}{key}'
     if isinstance(value, dict):
-      flat.update(_flatten(value, name + '.'))
+      flat.update(flatten(value, name + '.'))
     else:
       flat[name] = value
   return flat
@@ -42,8 +43,8 @@ def _resumable(key: str) -> bool:
 
 def changed_keys(recorded: Dict[str, Any], config: ml_collections.ConfigDict) -> List[str]:
   """'key: recorded -> now' for each key whose change would alter the run's meaning."""
-  now = _flatten(json.loads(as_json(config)))  # The same JSON round trip as the file: tuples become lists.
-  before = _flatten(recorded)
+  now = flatten(json.loads(as_json(config)))  # The same JSON round trip as the file: tuples become lists.
+  before = flatten(recorded)
   missing = object()
   changes = []
   for key in sorted(set(now) | set(before)):

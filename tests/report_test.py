@@ -70,10 +70,10 @@ def test_mean_nrr_and_budget_names():
   assert report.mean_and_nrr(0.0, 0.0) == (0.0, 0.0)
   assert report.fraction_of_255(8 / 255) == '8/255' and report.fraction_of_255(0.5) == '0.5'
   # The paper's points are found by these names: the package's own configs must produce them.
-  named = {(report.architecture(report._flatten(_config(config_file=f).to_dict())), f) for f in ('prn18', 'wrn')}
+  named = {(report.architecture(run_config.flatten(_config(config_file=f).to_dict())), f) for f in ('prn18', 'wrn')}
   assert named == {('PreActResNet-18', 'prn18'), ('WideResNet-34-10', 'wrn')}
   from rpat_jax import threats  # pylint: disable=import-outside-toplevel
-  l2 = report._flatten(threats.resolve(_config(config_file='prn18', words='l2')).to_dict())
+  l2 = run_config.flatten(threats.resolve(_config(config_file='prn18', words='l2')).to_dict())
   assert report.threat(l2) == 'L2 128/255'
   published = figures.paper_points()
   assert 'arXiv 2508.02186' in published['source']

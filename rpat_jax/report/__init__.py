@@ -43,16 +43,6 @@ class Run:
   perception: Dict[str, Dict[str, Any]]  # 'pgd' / 'random' -> eval/perception_<kind>.json.
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
-  return flat
-
-
 def _read_json(path, what: str) -> Optional[Dict[str, Any]]:
   if not path.exists():
     return None
@@ -89,7 +79,7 @@ def load_run(path: str, *, name: Optional[str] = None, ema: bool = False) -> Run
     found = _read_json(root / 'eval' / f'perception_{kind}{suffix}.json', 'perception diagnostic')
     if found is not None:
       perception[kind] = found
-  return Run(path=str(path), name=name or root.name, config=_flatten(config), metrics=metrics, results=results,
+  return Run(path=str(path), name=name or root.name, config=run_config.flatten(config), metrics=metrics, results=results,
              perception=perception)
 
 
