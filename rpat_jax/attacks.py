@@ -99,18 +99,20 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, *,
     raise ValueError(f'norm={norm!r}; allowed: linf, l2')
   x = jax.lax.stop_gradient(x)
   delta = random_start(key, x, norm=norm, eps=eps) if random_init else jnp.zeros_like(x)
-  grad_fn = jax.grad(lambda d: loss_fn(logits_fn(x + d), labels))
-
-  def step(_, delta):
-    grad = grad_fn(delta)
-    if norm == 'linf':
-      delta = project_linf(delta + step_size * jnp.sign(grad), eps)
-      return clip_to_image(x, delta)
-    grad = grad / jnp.maximum(_per_example_l2(grad), _L2_FLOOR)
-    return project_l2(clip_to_image(x, delta + step_size * grad), eps)
-
+  step = lambda _, delta: pgd_step(logits_fn, x, labels, delta, norm=norm, eps=eps, step_size=step_size,
+                                   loss_fn=loss_fn)
   delta = jax.lax.fori_loop(0, steps, step, delta, unroll=unroll)
   return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
+
+
+def pgd_step(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, delta: jax.Array, *, norm: str, eps: float,
+             step_size: float, loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy_sum) -> jax.Array:
+  """One step of `pgd`: the new delta (one gradient pass per point)."""
+  grad = jax.grad(lambda d: loss_fn(logits_fn(x + d), labels))(delta)
+  if norm == 'linf':
+    return clip_to_image(x, project_linf(delta + step_size * jnp.sign(grad), eps))
+  grad = grad / jnp.maximum(_per_example_l2(grad), _L2_FLOOR)
+  return project_l2(clip_to_image(x, delta + step_size * grad), eps)
 
 
 def _renorm_l2(delta: jax.Array, eps: float) -> jax.Array:

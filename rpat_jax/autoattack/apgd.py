@@ -77,6 +77,71 @@ def _where(mask, a, b):
   return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
 
+def loss_and_grad(logits_fn: LogitsFn, loss: str, y, targets, images):
+  """(per-point loss [B], correctly classified [B], input gradient of the summed loss): one gradient pass."""
+  loss_fn = losses.LOSSES[loss]
+
+  def total(z):
+    logits = logits_fn(z)
+    per_point = loss_fn(logits, y, targets)
+    return per_point.sum(), (per_point, logits)
+  (_, (per_point, logits)), grad = jax.value_and_grad(total, has_aux=True)(images)
+  return per_point, jnp.argmax(logits, axis=1) == y, grad
+
+
+# The state of a run, per point (field order is the carry's).
+CARRY = ('x_adv', 'x_old', 'grad', 'grad_best', 'x_best', 'x_best_adv', 'loss_best', 'correct', 'step',
+         'loss_prev', 'increases', 'reduced_last', 'loss_best_last', 'zero_grad')
+
+
+def run_start(logits_fn: LogitsFn, x, y, targets, x_start, *, eps: float, loss: str) -> Dict[str, jax.Array]:
+  """The carry of a run before its first iteration: the loss and gradient at x_start (one gradient pass).
+
+  zero_grad [B] marks a zero gradient at the start.
+  """
+  loss0, correct0, grad0 = loss_and_grad(logits_fn, loss, y, targets, x_start)
+  step0 = jnp.full((x.shape[0],) + (1,) * (x.ndim - 1), 2.0 * eps, jnp.float32)
+  zero_grad = jnp.sum(jnp.abs(grad0).reshape(grad0.shape[0], -1), axis=1) == 0
+  # The official loss history is a zero-filled buffer: the first comparison is against 0.0.
+  return dict(zip(CARRY, (x_start, x_start, grad0, grad0, x_start, x_start, loss0, correct0, step0,
+                          jnp.zeros_like(loss0), jnp.zeros(loss0.shape, jnp.int32), jnp.ones(loss0.shape, bool),
+                          loss0, zero_grad)))
+
+
+def run_iteration(logits_fn: LogitsFn, x, y, targets, carry: Dict[str, jax.Array], i, *, norm: str, eps: float,
+                  loss: str, n_iter: int, rho: float = 0.75) -> Dict[str, jax.Array]:
+  """Iteration i (0-based, may be traced) of a run: one gradient pass per point."""
+  is_checkpoint, windows = (jnp.asarray(a) for a in checkpoint_schedule(n_iter))
+  direction = jnp.sign if norm == 'Linf' else (lambda g: normalize(g, 'L2'))
+  c = dict(carry)
+  momentum = c['x_adv'] - c['x_old']
+  c['x_old'] = c['x_adv']
+  a = jnp.where(i > 0, 0.75, 1.0)
+  z = project(x, c['x_adv'] + c['step'] * direction(c['grad']), norm=norm, eps=eps)
+  x_adv = project(x, c['x_adv'] + (z - c['x_adv']) * a + momentum * (1 - a), norm=norm, eps=eps)
+
+  loss_i, correct_i, grad = loss_and_grad(logits_fn, loss, y, targets, x_adv)
+  c['correct'] = c['correct'] & correct_i
+  c['x_best_adv'] = _where(~correct_i, x_adv, c['x_best_adv'])
+  improved = loss_i > c['loss_best']
+  c['x_best'], c['grad_best'] = _where(improved, x_adv, c['x_best']), _where(improved, grad, c['grad_best'])
+  c['loss_best'] = jnp.where(improved, loss_i, c['loss_best'])
+  increases = c['increases'] + (loss_i > c['loss_prev'])
+  c['loss_prev'] = loss_i
+
+  # Checkpoint: halve the step where the loss oscillated or the best loss stalled since the last one.
+  check = is_checkpoint[i]
+  oscillating = increases <= windows[i] * rho
+  stalled = ~c['reduced_last'] & (c['loss_best_last'] >= c['loss_best'])
+  reduce = check & (oscillating | stalled)
+  c['reduced_last'] = jnp.where(check, oscillating | stalled, c['reduced_last'])
+  c['loss_best_last'] = jnp.where(check, c['loss_best'], c['loss_best_last'])
+  c['increases'] = jnp.where(check, 0, increases)
+  c['step'] = _where(reduce, c['step'] / 2.0, c['step'])
+  c['x_adv'], c['grad'] = _where(reduce, c['x_best'], x_adv), _where(reduce, c['grad_best'], grad)
+  return c
+
+
 def single_run(logits_fn: LogitsFn, x, y, targets, x_start, *, norm: str, eps: float, loss: str,
                n_iter: int, rho: float = 0.75):
   """One APGD run from x_start. Returns (x_best, still_correct, loss_best, x_best_adv, zero_grad).
@@ -84,58 +149,16 @@ def single_run(logits_fn: LogitsFn, x, y, targets, x_start, *, norm: str, eps: f
   still_correct [B] is False where some iterate (the start included) was misclassified; x_best_adv
   is then the most recent misclassified iterate. zero_grad [B] marks a zero gradient at the start.
   """
-  loss_fn = losses.LOSSES[loss]
-
-  def loss_and_grad(images):
-    def total(z):
-      logits = logits_fn(z)
-      per_point = loss_fn(logits, y, targets)
-      return per_point.sum(), (per_point, logits)
-    (_, (per_point, logits)), grad = jax.value_and_grad(total, has_aux=True)(images)
-    return per_point, jnp.argmax(logits, axis=1) == y, grad
-
-  loss0, correct0, grad0 = loss_and_grad(x_start)
-  is_checkpoint, windows = (jnp.asarray(a) for a in checkpoint_schedule(n_iter))
-  step0 = jnp.full((x.shape[0],) + (1,) * (x.ndim - 1), 2.0 * eps, jnp.float32)
-  direction = jnp.sign if norm == 'Linf' else (lambda g: normalize(g, 'L2'))
-
-  def iteration(i, carry):
-    (x_adv, x_old, grad, grad_best, x_best, x_best_adv, loss_best, correct, step, loss_prev, increases,
-     reduced_last, loss_best_last) = carry
-    momentum = x_adv - x_old
-    x_old = x_adv
-    a = jnp.where(i > 0, 0.75, 1.0)
-    z = project(x, x_adv + step * direction(grad), norm=norm, eps=eps)
-    x_adv = project(x, x_adv + (z - x_adv) * a + momentum * (1 - a), norm=norm, eps=eps)
-
-    loss_i, correct_i, grad = loss_and_grad(x_adv)
-    correct = correct & correct_i
-    x_best_adv = _where(~correct_i, x_adv, x_best_adv)
-    improved = loss_i > loss_best
-    x_best, grad_best = _where(improved, x_adv, x_best), _where(improved, grad, grad_best)
-    loss_best = jnp.where(improved, loss_i, loss_best)
-    increases = increases + (loss_i > loss_prev)
-    loss_prev = loss_i
-
-    # Checkpoint: halve the step where the loss oscillated or the best loss stalled since the last one.
-    check = is_checkpoint[i]
-    oscillating = increases <= windows[i] * rho
-    stalled = ~reduced_last & (loss_best_last >= loss_best)
-    reduce = check & (oscillating | stalled)
-    reduced_last = jnp.where(check, oscillating | stalled, reduced_last)
-    loss_best_last = jnp.where(check, loss_best, loss_best_last)
-    increases = jnp.where(check, 0, increases)
-    step = _where(reduce, step / 2.0, step)
-    x_adv, grad = _where(reduce, x_best, x_adv), _where(reduce, grad_best, grad)
-    return (x_adv, x_old, grad, grad_best, x_best, x_best_adv, loss_best, correct, step, loss_prev, increases,
-            reduced_last, loss_best_last)
-
-  # The official loss history is a zero-filled buffer: the first comparison is against 0.0.
-  carry = (x_start, x_start, grad0, grad0, x_start, x_start, loss0, correct0, step0, jnp.zeros_like(loss0),
-           jnp.zeros(loss0.shape, jnp.int32), jnp.ones(loss0.shape, bool), loss0)
+  carry = run_start(logits_fn, x, y, targets, x_start, eps=eps, loss=loss)
+  iteration = lambda i, c: run_iteration(logits_fn, x, y, targets, c, i, norm=norm, eps=eps, loss=loss,
+                                         n_iter=n_iter, rho=rho)
   carry = jax.lax.fori_loop(0, n_iter, iteration, carry)
-  zero_grad = jnp.sum(jnp.abs(grad0).reshape(grad0.shape[0], -1), axis=1) == 0
-  return carry[4], carry[7], carry[6], carry[5], zero_grad
+  return carry['x_best'], carry['correct'], carry['loss_best'], carry['x_best_adv'], carry['zero_grad']
+
+
+def target_rank(run, *, num_classes: int, n_restarts: int) -> int:
+  """The column of the ascending argsort of the clean logits that run `run` of APGD-T targets."""
+  return num_classes - (2 + run // n_restarts)
 
 
 def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, keys: Optional[jax.Array] = None, *,
@@ -181,7 +204,7 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, keys: Optional[jax.Arr
                    draw_noise(jax.vmap(lambda k: jax.random.fold_in(k, run))(keys), x.shape[1:], norm=norm))
     targets = None
     if targeted:
-      rank = num_classes - (2 + run // n_restarts)
+      rank = target_rank(run, num_classes=num_classes, n_restarts=n_restarts)
       targets = jax.lax.dynamic_index_in_dim(ranked, rank, axis=1, keepdims=False)
     _, correct, _, x_found, zero_grad = single_run(
         logits_fn, x, y, targets, start_point(x, start_noise, norm=norm, eps=eps), norm=norm, eps=eps,

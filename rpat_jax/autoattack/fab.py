@@ -110,18 +110,40 @@ def _l2_norm(v: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(v * v, axis=1))
 
 
-_THREATS = {'Linf': (project_linf, _linf_norm), 'L2': (project_l2, _l2_norm)}
+THREATS = {'Linf': (project_linf, _linf_norm), 'L2': (project_l2, _l2_norm)}
 
 
 def _flat_problem(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, norm: str):
   """(project, norm_of, x, y, x0 [B, D], flat_logits_fn): the shared set-up of both FAB variants, which
   work on flattened images."""
-  if norm not in _THREATS:
-    raise ValueError(f'norm={norm!r}; allowed: {", ".join(_THREATS)}')
-  project, norm_of = _THREATS[norm]
+  if norm not in THREATS:
+    raise ValueError(f'norm={norm!r}; allowed: {", ".join(THREATS)}')
+  project, norm_of = THREATS[norm]
   x = lax.stop_gradient(x.astype(jnp.float32))
   flat_logits_fn = lambda v: logits_fn(v.reshape(x.shape))
   return project, norm_of, x, y.astype(jnp.int32), x.reshape(x.shape[0], -1), flat_logits_fn
+
+
+def fab_step(logits_fn, linearise, x0, y, state, *, project, norm_of, alpha_max, eta, beta):
+  """One step of `_fab_run` on state (x1, adv, best): one linearisation and one forward pass per point."""
+  x1, adv, best = state
+  f, grad = linearise(x1)
+  # f(x1) + <grad, v - x1> = 0 is the plane <grad, v> = b.
+  b = jnp.sum(grad * x1, axis=1) - f
+  d = project(jnp.concatenate([x1, x0]), jnp.concatenate([grad, grad]), jnp.concatenate([b, b]))
+  d1, d2 = jnp.split(d, 2)
+  a1, a2 = jnp.split(jnp.maximum(norm_of(d), _NORM_FLOOR), 2)
+  # Weight of the step from x0: large when x1 is already far from the plane relative to x0.
+  alpha = jnp.minimum(jnp.maximum(a1 / (a1 + a2), 0.0), alpha_max)[:, None]
+  x1 = jnp.clip((x1 + eta * d1) * (1 - alpha) + (x0 + d2 * eta) * alpha, 0.0, 1.0)
+  is_adv = jnp.argmax(logits_fn(x1), axis=1) != y
+  dist = norm_of(x1 - x0)
+  better = is_adv & (dist < best)
+  adv = jnp.where(better[:, None], x1, adv)
+  best = jnp.where(better, dist, best)
+  # Backward step for every adversarial iterate, kept or not: it searches closer to x0.
+  x1 = jnp.where(is_adv[:, None], x0 + (x1 - x0) * beta, x1)
+  return x1, adv, best
 
 
 def _fab_run(logits_fn, linearise, x0, x1, y, *, project, norm_of, n_iter, alpha_max, eta, beta):
@@ -133,33 +155,15 @@ def _fab_run(logits_fn, linearise, x0, x1, y, *, project, norm_of, n_iter, alpha
   Returns (adv [B, D], best [B]): the smallest-norm adversarial iterate and its norm, inf (and adv = x0)
   where no iterate was adversarial.
   """
-  def step(_, state):
-    x1, adv, best = state
-    f, grad = linearise(x1)
-    # f(x1) + <grad, v - x1> = 0 is the plane <grad, v> = b.
-    b = jnp.sum(grad * x1, axis=1) - f
-    d = project(jnp.concatenate([x1, x0]), jnp.concatenate([grad, grad]), jnp.concatenate([b, b]))
-    d1, d2 = jnp.split(d, 2)
-    a1, a2 = jnp.split(jnp.maximum(norm_of(d), _NORM_FLOOR), 2)
-    # Weight of the step from x0: large when x1 is already far from the plane relative to x0.
-    alpha = jnp.minimum(jnp.maximum(a1 / (a1 + a2), 0.0), alpha_max)[:, None]
-    x1 = jnp.clip((x1 + eta * d1) * (1 - alpha) + (x0 + d2 * eta) * alpha, 0.0, 1.0)
-    is_adv = jnp.argmax(logits_fn(x1), axis=1) != y
-    dist = norm_of(x1 - x0)
-    better = is_adv & (dist < best)
-    adv = jnp.where(better[:, None], x1, adv)
-    best = jnp.where(better, dist, best)
-    # Backward step for every adversarial iterate, kept or not: it searches closer to x0.
-    x1 = jnp.where(is_adv[:, None], x0 + (x1 - x0) * beta, x1)
-    return x1, adv, best
-
+  step = lambda _, state: fab_step(logits_fn, linearise, x0, y, state, project=project, norm_of=norm_of,
+                                   alpha_max=alpha_max, eta=eta, beta=beta)
   best = jnp.full(x0.shape[:1], jnp.inf, jnp.float32)
   _, adv, best = lax.fori_loop(0, n_iter, step, (x1, x0, best))
   return adv, best
 
 
-def _target_run(logits_fn, x0, y, target, **step_options):
-  """FAB-T's run towards target [B] from x0: f = z_t - z_y, one backward pass of the batch sum."""
+def target_linearisation(logits_fn, y, target):
+  """FAB-T's linearise towards target [B]: f = z_t - z_y and its gradient, one backward pass of the sum."""
   def margin(v):
     logits = logits_fn(v).astype(jnp.float32)
     pick = lambda k: jnp.take_along_axis(logits, k[:, None], axis=1)[:, 0]
@@ -172,10 +176,15 @@ def _target_run(logits_fn, x0, y, target, **step_options):
     grad, f = margin_grad(x1)
     return f, grad
 
-  return _fab_run(logits_fn, linearise, x0, x0, y, **step_options)
+  return linearise
 
 
-def _closest_class_linearisation(logits_fn, y, dual_norm_of):
+def _target_run(logits_fn, x0, y, target, **step_options):
+  """FAB-T's run towards target [B] from x0."""
+  return _fab_run(logits_fn, target_linearisation(logits_fn, y, target), x0, x0, y, **step_options)
+
+
+def closest_class_linearisation(logits_fn, y, dual_norm_of):
   """Untargeted FAB's linearise (official `get_diff_logits_grads_batch` and the class choice).
 
   The full Jacobian [K, B, D] comes from one VJP vmapped over the K one-hot cotangents (the official
@@ -271,11 +280,11 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, norm: str =
 
 
 # Dual norms over the last axis (the linearised distance |f| / ||grad f||_q of untargeted FAB).
-_DUAL_NORMS = {'Linf': lambda g: jnp.sum(jnp.abs(g), axis=-1),
+DUAL_NORMS = {'Linf': lambda g: jnp.sum(jnp.abs(g), axis=-1),
                'L2': lambda g: jnp.sqrt(jnp.sum(g * g, axis=-1))}
 
 
-def _random_start(x0: jax.Array, noise: jax.Array, norm_of, eps) -> jax.Array:
+def random_start(x0: jax.Array, noise: jax.Array, norm_of, eps) -> jax.Array:
   """The official FAB random start: clip(x0 + min(res, eps) * t / ||t|| * 0.5) with res = 1e10 at the
   start of a run, i.e. radius eps / 2 (before clipping). t is U[-1, 1] for Linf, N(0, I) for L2.
   The operations follow the official order, (eps * t) / ||t|| * 0.5, for bit-level agreement."""
@@ -316,7 +325,7 @@ def fab_untargeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, keys: Option
   project, norm_of, x, y, x0, flat_logits_fn = _flat_problem(logits_fn, x, y, norm)
   batch = x.shape[0]
   correct = jnp.argmax(logits_fn(x), axis=1) == y
-  linearise = _closest_class_linearisation(flat_logits_fn, y, _DUAL_NORMS[norm])
+  linearise = closest_class_linearisation(flat_logits_fn, y, DUAL_NORMS[norm])
   eps32 = jnp.asarray(eps, jnp.float32)
 
   def start(restart):
@@ -326,7 +335,7 @@ def fab_untargeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, keys: Option
       t = draw_noise(jax.vmap(lambda k: jax.random.fold_in(k, restart))(keys), x0.shape[1:], norm=norm)
     else:  # n_restarts == 1: only restart 0 runs, and it starts at x0.
       return x0
-    return jnp.where(restart > 0, _random_start(x0, t, norm_of, eps32), x0)
+    return jnp.where(restart > 0, random_start(x0, t, norm_of, eps32), x0)
 
   run = lambda restart: _fab_run(flat_logits_fn, linearise, x0, start(restart), y, project=project,
                                  norm_of=norm_of, n_iter=n_iter, alpha_max=alpha_max, eta=eta,

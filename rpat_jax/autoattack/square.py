@@ -232,6 +232,45 @@ def l2_candidate(x: jax.Array, x_best: jax.Array, noise: dict, side: jax.Array, 
   return jnp.clip(x + delta / (_l2_norm(delta) + _TINY) * eps, 0.0, 1.0)
 
 
+def split_keys(keys: jax.Array):
+  """(start keys [B], loop keys [B]) of the points' keys [B]."""
+  return tuple(jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0))
+
+
+def square_start(logits_fn: LogitsFn, x, y, start_keys, clean_correct, clean_logits, *, norm: str, eps: float):
+  """The state (iteration 0, x_best, margin_best, queries) at the start point: one forward pass per point.
+  Clean-misclassified points keep x and their clean margin and are never queried."""
+  start_fn = linf_start if norm == 'Linf' else l2_start
+  noise = jax.vmap(lambda k: start_noise(k, x.shape[1:], norm))(start_keys)
+  start = jax.vmap(start_fn, in_axes=(0, 0, None))(x, noise, eps)
+  x_best = jnp.where(clean_correct[:, None, None, None], start, x)
+  margin_best = jnp.where(clean_correct, margin(logits_fn(x_best), y), margin(clean_logits, y))
+  return jnp.int32(0), x_best, margin_best, clean_correct.astype(jnp.int32)
+
+
+def square_step(logits_fn: LogitsFn, x, y, loop_keys, clean_correct, state, *, norm: str, eps: float,
+                n_queries: int, p_init: float):
+  """One iteration on state (iteration, x_best, margin_best, queries): one forward pass per point; only
+  active points (clean-correct, margin > 0) count the query and may move."""
+  iteration, x_best, margin_best, queries = state
+  _, height, width, _ = x.shape
+  active = clean_correct & (margin_best > 0)
+  side = side_length(p_selection(p_init, iteration, n_queries), height, width, norm)
+  noise = jax.vmap(lambda k: iteration_noise(jax.random.fold_in(k, iteration), side, x.shape[1:],
+                                             norm))(loop_keys)
+  if norm == 'Linf':
+    candidate_fn = lambda a, b, n: linf_candidate(a, b, n, side, eps)
+  else:
+    eta_square = eta_pattern(side, min(height, width))
+    candidate_fn = lambda a, b, n: l2_candidate(a, b, n, side, eps, eta_square)
+  candidates = jax.vmap(candidate_fn)(x, x_best, noise)
+  margin_new = margin(logits_fn(candidates), y)
+  accept = active & ((margin_new < margin_best) | (margin_new <= 0))
+  x_best = jnp.where(accept[:, None, None, None], candidates, x_best)
+  margin_best = jnp.where(accept, margin_new, margin_best)
+  return iteration + 1, x_best, margin_best, queries + active.astype(jnp.int32)
+
+
 def square_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, keys: jax.Array, *,
                   norm: str = 'Linf', eps: float, n_queries: int = 5000,
                   p_init: float = 0.8) -> dict:
@@ -259,46 +298,17 @@ def square_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, keys: jax.Arr
   if norm not in NORMS:
     raise ValueError(f'norm={norm!r}; allowed: {NORMS}')
   x = x.astype(jnp.float32)
-  _, height, width, _ = x.shape
   clean_logits = logits_fn(x)
   clean_correct = jnp.argmax(clean_logits, axis=-1) == y
-  start_keys, loop_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-
-  image_shape = x.shape[1:]
-  start_fn = linf_start if norm == 'Linf' else l2_start
-  noise = jax.vmap(lambda k: start_noise(k, image_shape, norm))(start_keys)
-  start = jax.vmap(start_fn, in_axes=(0, 0, None))(x, noise, eps)
-  x_best = jnp.where(clean_correct[:, None, None, None], start, x)
-  margin_best = jnp.where(clean_correct, margin(logits_fn(x_best), y), margin(clean_logits, y))
-  queries = clean_correct.astype(jnp.int32)
-
-  def is_active(margin_best):
-    return clean_correct & (margin_best > 0)
+  start_keys, loop_keys = split_keys(keys)
+  state = square_start(logits_fn, x, y, start_keys, clean_correct, clean_logits, norm=norm, eps=eps)
 
   def keep_going(state):
     iteration, _, margin_best, _ = state
-    return (iteration < n_queries) & jnp.any(is_active(margin_best))
+    return (iteration < n_queries) & jnp.any(clean_correct & (margin_best > 0))
 
-  def step(state):
-    iteration, x_best, margin_best, queries = state
-    active = is_active(margin_best)
-    side = side_length(p_selection(p_init, iteration, n_queries), height, width, norm)
-    noise = jax.vmap(lambda k: iteration_noise(jax.random.fold_in(k, iteration), side, image_shape,
-                                               norm))(loop_keys)
-    if norm == 'Linf':
-      candidate_fn = lambda a, b, n: linf_candidate(a, b, n, side, eps)
-    else:
-      eta_square = eta_pattern(side, min(height, width))
-      candidate_fn = lambda a, b, n: l2_candidate(a, b, n, side, eps, eta_square)
-    candidates = jax.vmap(candidate_fn)(x, x_best, noise)
-    # Every point is evaluated (static shapes); only active points count the query and may move.
-    margin_new = margin(logits_fn(candidates), y)
-    accept = active & ((margin_new < margin_best) | (margin_new <= 0))
-    x_best = jnp.where(accept[:, None, None, None], candidates, x_best)
-    margin_best = jnp.where(accept, margin_new, margin_best)
-    return iteration + 1, x_best, margin_best, queries + active.astype(jnp.int32)
-
-  state = (jnp.int32(0), x_best, margin_best, queries)
+  step = lambda state: square_step(logits_fn, x, y, loop_keys, clean_correct, state, norm=norm, eps=eps,
+                                   n_queries=n_queries, p_init=p_init)
   _, x_best, margin_best, queries = jax.lax.while_loop(keep_going, step, state)
 
   fooled = clean_correct & (jnp.argmax(logits_fn(x_best), axis=-1) != y)
