@@ -6,14 +6,14 @@ the returned images decides who is fooled; a fooled point is never attacked agai
 counts every point, clean-misclassified ones included. Differences, on purpose:
 - Randomness: one key per point, fold_in(seed, attack, index), instead of reseeding torch per chunk;
   so results do not depend on the batch size or on which points share a chunk.
-- Chunks have fixed shapes: a full chunk is `batch_size` points, the last one is padded to a multiple
-  of batch_size / 8; so each attack compiles at most twice and wastes at most 1/8 of a batch.
+- Each attack runs from the host over the points still robust, in bucketed shapes, and a point leaves
+  a run once it is fooled (`compacted`: what that changes and why); the attacks' own modules hold the
+  semantics as pure functions.
 - The state file (`state_path`) keeps flags, adversarial images and labels after every chunk, written
   atomically; an interrupted evaluation resumes at the chunk where it stopped (the official state
   keeps flags only, per attack).
 """
 
-import functools
 import io
 import json
 import time
@@ -25,8 +25,7 @@ import numpy as np
 
 from rpat_jax import parallel
 from rpat_jax import paths
-from rpat_jax.attacks import point_keys as keys_per_point
-from rpat_jax.autoattack import apgd, checks, fab, square
+from rpat_jax.autoattack import checks, compacted
 
 VERSIONS = {
     'standard': ('apgd-ce', 'apgd-t', 'fab-t', 'square'),
@@ -92,48 +91,22 @@ def resolve_options(version: str, names: Sequence[str], overrides: Optional[Dict
   return options
 
 
-def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict, mesh):
-  """A jitted (x, y, indices) -> (x_adv, zero_gradient_points) for one attack of the ensemble.
-
-  Call it on batch-sharded inputs (`parallel.host_batch`): every device of `mesh` attacks its slice of
-  the chunk, and x_adv comes back replicated, readable by every process.
-  """
-  attack_key = jax.random.fold_in(jax.random.key(seed), ATTACKS.index(name))
-
-  point_keys = functools.partial(keys_per_point, attack_key)
-
-  def run(x, y, indices):
-    if name.startswith('apgd'):
-      loss = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr-targeted'}[name]
-      out = apgd.apgd(logits_fn, x, y, point_keys(indices), norm=norm, eps=eps, loss=loss, **options)
-      return out['x_adv'], out['zero_gradient_points']
-    if name == 'fab-t':
-      out = fab.fab_targeted(logits_fn, x, y, norm=norm, eps=eps, **options)
-    elif name == 'fab':
-      out = fab.fab_untargeted(logits_fn, x, y, point_keys(indices), norm=norm, eps=eps, **options)
-    else:
-      out = square.square_attack(logits_fn, x, y, point_keys(indices), norm=norm, eps=eps, **options)
-    return out['x_adv'], jnp.zeros((), jnp.int32)
-
-  return jax.jit(run, out_shardings=parallel.replicated(mesh))
+def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict):
+  """attack(engine, x, y, indices) -> (x_adv, zero_gradient_points) for one attack of the ensemble, on host
+  arrays of a chunk; driven from the host over the points still robust (`compacted`). Point i's
+  randomness comes from fold_in(fold_in(seed, attack), indices[i])."""
+  key = jax.random.fold_in(jax.random.key(seed), ATTACKS.index(name))
+  if name.startswith('apgd'):
+    loss = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr-targeted'}[name]
+    return compacted.make_apgd(logits_fn, key, norm=norm, eps=eps, loss=loss, **options)
+  if name in ('fab', 'fab-t'):
+    return compacted.make_fab(logits_fn, key, norm=norm, eps=eps, targeted=name == 'fab-t', **options)
+  return compacted.make_square(logits_fn, key, norm=norm, eps=eps, **options)
 
 
 def _chunks(indices: np.ndarray, batch_size: int):
   for start in range(0, len(indices), batch_size):
     yield start // batch_size, indices[start:start + batch_size]
-
-
-def _padded_size(count: int, batch_size: int, multiple: int = 1) -> int:
-  """count rounded up to a step of batch_size / 8 that `multiple` (the device count) divides."""
-  step = max(1, batch_size // 8)
-  step = -(-step // multiple) * multiple
-  return min(-(-batch_size // multiple) * multiple, -(-count // step) * step)
-
-
-def _pad(chunk: np.ndarray, batch_size: int, multiple: int = 1) -> np.ndarray:
-  """The chunk's indices, the last one repeated up to `_padded_size` (results for the copies are dropped)."""
-  size = _padded_size(len(chunk), batch_size, multiple)
-  return np.concatenate([chunk, np.full(size - len(chunk), chunk[-1])]) if len(chunk) < size else chunk
 
 
 def _perturbation_norm(delta: np.ndarray, norm: str) -> np.ndarray:
@@ -167,7 +140,20 @@ class _State:
     self.attack_position, self.chunk_position = 0, 0
     self.start_robust = self.robust.copy()
     self.per_attack: Dict[str, float] = {}
+    self.evaluations: Dict[str, Dict[str, int]] = {}
     self.zero_gradient_points, self.seconds = 0, 0.0
+
+  def add_evaluations(self, what: str, counts: Dict[str, int]):
+    """Adds images through the network (forward, backward) to `what`'s count."""
+    mine = self.evaluations.setdefault(what, {'forward': 0, 'backward': 0})
+    for kind in mine:
+      mine[kind] += int(counts[kind])
+
+  def evaluation_summary(self, n_points: int) -> Dict:
+    """Images through the network: per part, in all, and per point evaluated."""
+    total = {kind: sum(part[kind] for part in self.evaluations.values()) for kind in ('forward', 'backward')}
+    return {'per_part': {what: dict(part) for what, part in self.evaluations.items()}, 'total': total,
+            'per_point': {kind: count / max(n_points, 1) for kind, count in total.items()}}
 
   def _load(self, log):
     with np.load(io.BytesIO(paths.as_path(self.path).read_bytes()), allow_pickle=False) as saved:
@@ -181,11 +167,13 @@ class _State:
       start_robust = saved['start_robust']
       attack_position, chunk_position = int(saved['attack_position']), int(saved['chunk_position'])
       per_attack = json.loads(str(saved['per_attack']))
+      evaluations = json.loads(str(saved['evaluations'])) if 'evaluations' in saved.files else {}
       zero_gradient_points, seconds = int(saved['zero_gradient_points']), float(saved['seconds'])
     if robust.shape != self.robust.shape or x_adv.shape != self.x_adv.shape:
       raise ValueError(f'arrays of shape {robust.shape}, {x_adv.shape} for {self.robust.shape}, {self.x_adv.shape}')
     self.robust, self.x_adv, self.y_adv, self.start_robust = robust, x_adv, y_adv, start_robust
     self.attack_position, self.chunk_position, self.per_attack = attack_position, chunk_position, per_attack
+    self.evaluations = evaluations
     self.zero_gradient_points, self.seconds = zero_gradient_points, seconds
 
   def save(self):
@@ -195,6 +183,7 @@ class _State:
     np.savez(buffer, meta=json.dumps(self.meta), robust=self.robust, x_adv=self.x_adv, y_adv=self.y_adv,
              start_robust=self.start_robust, attack_position=self.attack_position,
              chunk_position=self.chunk_position, per_attack=json.dumps(self.per_attack),
+             evaluations=json.dumps(self.evaluations),
              zero_gradient_points=self.zero_gradient_points, seconds=self.seconds)
     path = paths.as_path(self.path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,24 +219,8 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
     raise ValueError(f'x must be [N, H, W, C] in [0, 1] with one label each; got {x.shape}, {y.shape}')
   started = time.time()
   # Chunks are split over every device of every process; results come back replicated to each.
-  mesh = parallel.make_mesh()
-  devices = mesh.size
-  shard = lambda value: parallel.host_batch(value, mesh)
-  compiled_logits = jax.jit(logits_fn, out_shardings=parallel.replicated(mesh))  # Checks and predictions.
-
-  def logits(images):
-    """Logits of images [n <= batch_size, ...] (numpy), computed padded to the chunk shapes."""
-    padded = np.asarray(images)[_pad(np.arange(len(images)), batch_size, devices)]
-    return np.asarray(compiled_logits(shard(padded)))[:len(images)]
-
-  def predict(images):
-    return logits(images).argmax(1).astype(np.int32)
-
-  def predictions(images):
-    out = np.empty(len(images), np.int32)
-    for _, chunk in _chunks(np.arange(len(images)), batch_size):
-      out[chunk] = predict(images[chunk])
-    return out
+  engine = compacted.Engine(logits_fn, parallel.make_mesh(), batch_size)
+  logits, predict = engine.logits, engine.predict
 
   first = x[:batch_size]
   num_classes = int(logits(first).shape[1])
@@ -258,8 +231,9 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
                                          options.get('fab-t', {}).get('n_target_classes', 9))}
   meta = {'norm': norm, 'eps': float(eps), 'seed': int(seed), 'attacks': list(names), 'options': options,
           'n_examples': int(len(x)), 'batch_size': int(batch_size), 'binding': state_binding}
-  clean_prediction = predictions(x)
+  clean_prediction = predict(x)
   state = _State(state_path, meta, x, clean_prediction, y, log)
+  state.add_evaluations('clean and checks', engine.counts)
   clean_acc = float((clean_prediction == y).mean())
   log(f'clean accuracy: {clean_acc:.2%}')
   seconds_before = state.seconds
@@ -268,15 +242,15 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
     if state.chunk_position == 0:
       state.start_robust = state.robust.copy()
     targets = np.nonzero(state.start_robust)[0]
-    attack = make_attack(name, logits_fn, norm=norm, eps=eps, seed=seed, options=options[name], mesh=mesh)
+    attack = make_attack(name, logits_fn, norm=norm, eps=eps, seed=seed, options=options[name])
     attack_started = time.time()
     for chunk_index, chunk in _chunks(targets, batch_size):
       if chunk_index < state.chunk_position:
         continue
-      padded = _pad(chunk, batch_size, devices)
-      x_found, zero_points = attack(shard(x[padded]), shard(y[padded]), shard(padded.astype(np.int32)))
-      x_found = np.asarray(x_found)[:len(chunk)]
+      engine.counts = {'forward': 0, 'backward': 0}
+      x_found, zero_points = attack(engine, x[chunk], y[chunk], chunk)
       predicted = predict(x_found)
+      state.add_evaluations(name, engine.counts)
       fooled = predicted != y[chunk]
       state.robust[chunk[fooled]] = False
       state.x_adv[chunk[fooled]], state.y_adv[chunk[fooled]] = x_found[fooled], predicted[fooled]
@@ -298,7 +272,8 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   result = {'robust': state.robust, 'x_adv': state.x_adv, 'y_adv': state.y_adv, 'clean_acc': clean_acc,
             'robust_acc': float(state.robust.mean()), 'per_attack': dict(state.per_attack),
             'seconds': seconds_before + time.time() - started, 'flags': flags,
-            'max_perturbation': float(perturbation.max()), 'nan_count': int(np.isnan(state.x_adv).sum())}
+            'max_perturbation': float(perturbation.max()), 'nan_count': int(np.isnan(state.x_adv).sum()),
+            'evaluations': state.evaluation_summary(len(x))}
   log(f'robust accuracy: {result["robust_acc"]:.2%}; max {norm} perturbation {result["max_perturbation"]:.5f}, '
       f'nan {result["nan_count"]}, x_adv in [{state.x_adv.min():.3f}, {state.x_adv.max():.3f}]')
   return result

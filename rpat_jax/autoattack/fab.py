@@ -63,7 +63,7 @@ def _solve_breakpoints(breakpoints: jax.Array, weights: jax.Array, target: jax.A
     return jnp.where(below, middle, low), jnp.where(below, high, middle)
 
   bracket = (jnp.zeros_like(target, jnp.int32), lax.bitcast_convert_type(top, jnp.int32))
-  low, _ = lax.fori_loop(0, 31, halve, bracket)
+  low, _ = lax.fori_loop(0, 31, halve, bracket, unroll=True)
   saturated = breakpoints <= lax.bitcast_convert_type(low, jnp.float32)[:, None]
   slope = jnp.sum(jnp.where(saturated, 0.0, weights), axis=1)
   offset = jnp.sum(jnp.where(saturated, weights * breakpoints, 0.0), axis=1)
@@ -126,8 +126,14 @@ def _flat_problem(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, norm: str):
 
 def fab_step(logits_fn, linearise, x0, y, state, *, project, norm_of, alpha_max, eta, beta):
   """One step of `_fab_run` on state (x1, adv, best): one linearisation and one forward pass per point."""
+  f, grad = linearise(state[0])
+  return fab_move(logits_fn, x0, y, state, f, grad, project=project, norm_of=norm_of, alpha_max=alpha_max,
+                  eta=eta, beta=beta)
+
+
+def fab_move(logits_fn, x0, y, state, f, grad, *, project, norm_of, alpha_max, eta, beta):
+  """The step after the linearisation (f, grad) at x1: the projections, the move and one forward pass."""
   x1, adv, best = state
-  f, grad = linearise(x1)
   # f(x1) + <grad, v - x1> = 0 is the plane <grad, v> = b.
   b = jnp.sum(grad * x1, axis=1) - f
   d = project(jnp.concatenate([x1, x0]), jnp.concatenate([grad, grad]), jnp.concatenate([b, b]))

@@ -237,14 +237,14 @@ def split_keys(keys: jax.Array):
   return tuple(jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0))
 
 
-def square_start(logits_fn: LogitsFn, x, y, start_keys, clean_correct, clean_logits, *, norm: str, eps: float):
+def square_start(logits_fn: LogitsFn, x, y, start_keys, clean_correct, clean_margin, *, norm: str, eps: float):
   """The state (iteration 0, x_best, margin_best, queries) at the start point: one forward pass per point.
-  Clean-misclassified points keep x and their clean margin and are never queried."""
+  Clean-misclassified points keep x and their clean margin [B] and are never queried."""
   start_fn = linf_start if norm == 'Linf' else l2_start
   noise = jax.vmap(lambda k: start_noise(k, x.shape[1:], norm))(start_keys)
   start = jax.vmap(start_fn, in_axes=(0, 0, None))(x, noise, eps)
   x_best = jnp.where(clean_correct[:, None, None, None], start, x)
-  margin_best = jnp.where(clean_correct, margin(logits_fn(x_best), y), margin(clean_logits, y))
+  margin_best = jnp.where(clean_correct, margin(logits_fn(x_best), y), clean_margin)
   return jnp.int32(0), x_best, margin_best, clean_correct.astype(jnp.int32)
 
 
@@ -252,9 +252,14 @@ def square_step(logits_fn: LogitsFn, x, y, loop_keys, clean_correct, state, *, n
                 n_queries: int, p_init: float):
   """One iteration on state (iteration, x_best, margin_best, queries): one forward pass per point; only
   active points (clean-correct, margin > 0) count the query and may move."""
-  iteration, x_best, margin_best, queries = state
+  candidates = square_candidates(x, state[1], loop_keys, state[0], norm=norm, eps=eps, n_queries=n_queries,
+                                 p_init=p_init)
+  return square_accept(logits_fn, y, clean_correct, state, candidates)
+
+
+def square_candidates(x, x_best, loop_keys, iteration, *, norm: str, eps: float, n_queries: int, p_init: float):
+  """The candidate image of every point at `iteration` (no forward pass)."""
   _, height, width, _ = x.shape
-  active = clean_correct & (margin_best > 0)
   side = side_length(p_selection(p_init, iteration, n_queries), height, width, norm)
   noise = jax.vmap(lambda k: iteration_noise(jax.random.fold_in(k, iteration), side, x.shape[1:],
                                              norm))(loop_keys)
@@ -263,7 +268,13 @@ def square_step(logits_fn: LogitsFn, x, y, loop_keys, clean_correct, state, *, n
   else:
     eta_square = eta_pattern(side, min(height, width))
     candidate_fn = lambda a, b, n: l2_candidate(a, b, n, side, eps, eta_square)
-  candidates = jax.vmap(candidate_fn)(x, x_best, noise)
+  return jax.vmap(candidate_fn)(x, x_best, noise)
+
+
+def square_accept(logits_fn: LogitsFn, y, clean_correct, state, candidates):
+  """The state after querying the candidates: one forward pass per point."""
+  iteration, x_best, margin_best, queries = state
+  active = clean_correct & (margin_best > 0)
   margin_new = margin(logits_fn(candidates), y)
   accept = active & ((margin_new < margin_best) | (margin_new <= 0))
   x_best = jnp.where(accept[:, None, None, None], candidates, x_best)
@@ -301,7 +312,7 @@ def square_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, keys: jax.Arr
   clean_logits = logits_fn(x)
   clean_correct = jnp.argmax(clean_logits, axis=-1) == y
   start_keys, loop_keys = split_keys(keys)
-  state = square_start(logits_fn, x, y, start_keys, clean_correct, clean_logits, norm=norm, eps=eps)
+  state = square_start(logits_fn, x, y, start_keys, clean_correct, margin(clean_logits, y), norm=norm, eps=eps)
 
   def keep_going(state):
     iteration, _, margin_best, _ = state
