@@ -145,6 +145,12 @@ def test_eval_bench_prints_every_key(tmp_path):
   for key in ('aa_seconds', 'aa_acc', 'pgd20_seconds', 'aa_speedup', 'aa_agreement', 'pgd20_agreement'):
     assert key in official, key
   assert 0.0 <= official['aa_agreement'] <= 1.0
+  # Work: APGD-CE (custom version: 100 iterations, 5 restarts) on 16 points, all robust at the start (their
+  # own predictions as labels) and after (initial weights). The official code computes 101 gradients of each
+  # per restart; ours at most that (a point leaves once fooled).
+  assert official['aa_evaluations']['total']['backward'] == 16 * 101 * 5
+  ours = row['aa_evaluations']
+  assert 0 < ours['total']['backward'] <= 16 * 101 * 5 and ours['per_point']['backward'] == ours['total']['backward'] / 16
 
 
 @pytest.mark.parametrize('flags, message', [

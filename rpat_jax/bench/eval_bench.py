@@ -6,8 +6,10 @@ the official `pyautoattack`). The weights are a training checkpoint (`workdir`) 
 weights; the points are the first N test images when the dataset is prepared, else uniform noise. An
 untrained network gets its own predictions as labels, so every point is attacked. AutoAttack's work
 depends on how robust the model is (each attack only runs on the points still robust), so the row
-records the robust accuracy after each attack. Ours is timed twice: the first call includes compilation,
-the second reuses the executables (JAX's persistent compilation cache).
+records the robust accuracy after each attack, and both sides' work: the images through the network,
+forward and backward (`aa_evaluations`; the official side's counted by hooks on the PyTorch model). Ours
+is timed twice: the first call includes compilation, the second reuses the executables (JAX's
+persistent compilation cache).
 """
 
 import tempfile
@@ -102,8 +104,20 @@ def _official(config, variables, classes: int, x, y, batch_size: int, aa_version
   adversary = AutoAttack(model, norm=norm, eps=attack.eps, version=aa_version, seed=config.seed, device=device,
                          attacks=list(names) if aa_version == 'custom' else None)
 
+  counts = {'forward': 0, 'backward': 0}
+
+  def count_images(module, inputs, output):  # Every image through the network, as our Engine counts.
+    del module
+    counts['forward'] += int(inputs[0].shape[0])
+    if output.requires_grad:
+      output.register_hook(lambda grad: counts.__setitem__('backward', counts['backward'] + int(grad.shape[0])))
+
   def run_aa():
-    x_adv, _ = adversary.run_standard_evaluation(xt, yt, batch_size=batch_size)
+    hook = model.register_forward_hook(count_images)
+    try:
+      x_adv, _ = adversary.run_standard_evaluation(xt, yt, batch_size=batch_size)
+    finally:
+      hook.remove()
     with torch.no_grad():
       robust = [(model(x_adv[s:s + batch_size]).argmax(1) == yt[s:s + batch_size]).cpu().numpy()
                 for s in range(0, len(x), batch_size)]
@@ -113,7 +127,13 @@ def _official(config, variables, classes: int, x, y, batch_size: int, aa_version
   aa_robust, aa_seconds = _timed(run_aa)
   return {'device': str(device), 'versions': {'torch': torch.__version__, **report.versions(('pyautoattack',))},
           'pgd20_seconds': pgd_seconds, 'pgd20_acc': float(pgd_robust.mean()), 'aa_seconds': aa_seconds,
-          'aa_acc': float(aa_robust.mean()), 'aa_robust': aa_robust, 'pgd20_robust': pgd_robust}
+          'aa_acc': float(aa_robust.mean()), 'aa_robust': aa_robust, 'pgd20_robust': pgd_robust,
+          'aa_evaluations': _evaluations(counts, len(x))}
+
+
+def _evaluations(total: Dict[str, int], n_points: int) -> Dict:
+  """Images through the network in all and per point evaluated, forward and backward."""
+  return {'total': dict(total), 'per_point': {kind: count / n_points for kind, count in total.items()}}
 
 
 def run(config, *, n_examples: int, batch_size: int, dtype: str, aa_version: str, workdir: Optional[str],
@@ -153,7 +173,7 @@ def run(config, *, n_examples: int, batch_size: int, dtype: str, aa_version: str
       'versions': report.versions(), 'pgd20_seconds': pgd_seconds, 'pgd20_seconds_first_call': pgd_first,
       'pgd20_acc': float(pgd_robust.mean()), 'aa_seconds': aa_seconds, 'aa_seconds_first_call': aa_first,
       'aa_acc': ours['robust_acc'], 'clean_acc': ours['clean_acc'], 'per_attack': ours['per_attack'],
-      'official': None,
+      'aa_evaluations': ours['evaluations'], 'official': None,
   }
   if with_torch:
     official = _official(config, variables, classes, x, labels, batch_size, aa_version, attack_names, names)
