@@ -13,6 +13,9 @@ from rpat_jax import parallel
 from rpat_jax.autoattack import losses
 
 LOSSES = {'ce': attacks.cross_entropy_sum, 'cw': losses.cw_loss_sum}
+# On XLA:CPU a step over 256 points cost 1.4x per point what it cost over 128 or fewer (the small CNN;
+# docs/benchmarks.md): calls there take at most this many points per device. Results do not depend on it.
+CPU_POINTS_PER_DEVICE = 128
 
 
 def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
@@ -22,7 +25,8 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
   still classified correctly or not. One compile per loss; each point's random start is keyed by its
   index among the points, so its result does not depend on the batch size.
 
-  batch_size: points per call, split over every device (a multiple of the device count).
+  batch_size: points per call, split over every device (a multiple of the device count); on a CPU at
+    most CPU_POINTS_PER_DEVICE per device.
   """
   key = jax.random.key(seed)
   norm, eps, step_size = attack_config.norm, attack_config.eps, attack_config.step_size
@@ -50,6 +54,8 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
     return still_correct(xb, yb, delta)
 
   def robust(x, y, batch_size: int, loss: str = 'ce') -> np.ndarray:
+    if jax.default_backend() == 'cpu':
+      batch_size = min(batch_size, CPU_POINTS_PER_DEVICE * mesh.size)
     return parallel.per_point(functools.partial(robust_batch, loss=loss), x, y, batch_size, mesh)
 
   return robust
