@@ -1,0 +1,83 @@
+"""APGD-CE on a standard CIFAR ResNet-18: ours against the official `pyautoattack` on the same CPU, weights
+and points, and what one of our APGD iterations costs against a jitted forward+backward pass.
+
+  python docs/apgd_resnet18_cpu.py [N=64] [EPS=0.5/255]   # needs requirements-test.txt; $TFDS_DIR: cifar10_jpeg
+
+The network is `resnet18` at its initial weights (seed 0), the points the first N CIFAR-10 (JPEG) test images
+when $TFDS_DIR holds them (else uniform noise), labelled with the network's own predictions, so every
+point is attacked. APGD-CE runs with the official hyperparameters (100 iterations, 1 restart), in one
+batch of N. Prints one JSON line (docs/benchmarks.md, issue 15).
+"""
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT]
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+import torch  # pylint: disable=wrong-import-position
+from pyautoattack.autopgd_base import APGDAttack  # pylint: disable=wrong-import-position
+
+from configs import smoke  # pylint: disable=wrong-import-position
+from rpat_jax.autoattack import apgd, ensemble  # pylint: disable=wrong-import-position
+from rpat_jax.bench import eval_bench, torch_step  # pylint: disable=wrong-import-position
+
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+eps = float(eval(sys.argv[2])) if len(sys.argv) > 2 else 0.5 / 255  # pylint: disable=eval-used
+torch.set_num_threads(2)
+config = smoke.get_config()
+config.model.name = 'resnet18'
+if os.environ.get('TFDS_DIR'):
+  config.data.name, config.data.data_dir = 'cifar10_jpeg', os.environ['TFDS_DIR']
+x, _, points = eval_bench._points(config, n, 32, 10)  # pylint: disable=protected-access
+forward, variables, weights = eval_bench._variables(config, None, 'last', 10, x.shape[1:])  # pylint: disable=protected-access
+logits_fn = lambda images: forward.eval_logits(variables['params'], variables['batch_stats'], images).astype(jnp.float32)
+y = np.asarray(jax.jit(logits_fn)(x)).argmax(1).astype(np.int32)
+
+
+def seconds(fn, repeat=3):
+  jax.block_until_ready(fn())
+  started = time.perf_counter()
+  for _ in range(repeat):
+    jax.block_until_ready(fn())
+  return (time.perf_counter() - started) / repeat
+
+
+xj, yj = jnp.asarray(x), jnp.asarray(y)
+gradient = jax.jit(lambda z: apgd.loss_and_grad(logits_fn, 'ce', yj, None, z))
+carry = jax.jit(lambda z: apgd.run_start(logits_fn, xj, yj, None, z, eps=eps, loss='ce'))(xj)
+iteration = jax.jit(lambda c, i: apgd.run_iteration(logits_fn, xj, yj, None, c, i, norm='Linf', eps=eps, loss='ce',
+                                                    n_iter=100))
+gradient_seconds = seconds(lambda: gradient(xj))
+iteration_seconds = seconds(lambda: iteration(carry, 5))
+
+options = {'apgd-ce': {'n_iter': 100, 'n_restarts': 1}}
+run = lambda: ensemble.evaluate(logits_fn, x, y, eps=eps, version='custom', attacks=['apgd-ce'], batch_size=n,
+                                attack_options=options)
+started = time.perf_counter()
+ours = run()
+ours_first = time.perf_counter() - started
+started = time.perf_counter()
+ours = run()
+ours_seconds = time.perf_counter() - started
+
+model = torch_step.build_model(config.model, 10, jax.device_get(variables), torch.device('cpu')).eval()
+xt = torch.as_tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+yt = torch.as_tensor(y.astype(np.int64))
+attack = APGDAttack(model, n_restarts=1, n_iter=100, eps=eps, norm='Linf', seed=0, loss='ce', device='cpu')
+started = time.perf_counter()
+x_official = attack.perturb(xt, yt)
+official_seconds = time.perf_counter() - started
+robust_official = np.asarray(logits_fn(np.ascontiguousarray(x_official.detach().numpy().transpose(0, 2, 3, 1)))).argmax(1) == y
+print(json.dumps({
+    'model': 'resnet18', 'weights': weights, 'points': points, 'n': n, 'eps': eps,
+    'jitted_forward_backward_seconds': round(gradient_seconds, 3), 'apgd_iteration_seconds': round(iteration_seconds, 3),
+    'iteration_over_gradient': round(iteration_seconds / gradient_seconds, 2),
+    'ours_seconds': round(ours_seconds, 1), 'ours_seconds_first_call': round(ours_first, 1),
+    'official_seconds': round(official_seconds, 1), 'speedup': round(official_seconds / ours_seconds, 2),
+    'ours_robust': ours['robust_acc'], 'official_robust': float(robust_official.mean()),
+    'agreement': float((robust_official == ours['robust']).mean()),
+    'ours_images_per_point': ours['evaluations']['per_point']}))
