@@ -6,6 +6,8 @@ iterations are shared. The differences are only in how it runs: one compiled fun
 the iterations a `lax.fori_loop`, restarts and targets a second `lax` loop with masks (a point fooled
 in one run is not attacked again: its adversarial is that of the first successful run), and the
 random start drawn from the point's own key, so a point's result does not depend on its batch.
+One iteration is `run_iteration` (the start `run_start`): `apgd` loops over it in `lax`, and
+`compacted.make_apgd`, what the ensemble runs, calls it from the host on the points still robust.
 
 Images are NHWC float32 in [0, 1]; eps is in the same units (8/255, not 8).
 """

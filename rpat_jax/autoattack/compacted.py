@@ -349,9 +349,10 @@ def make_square(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, n
     def harvest(host, leaving):
       x_adv[group.rows[leaving]] = host['x_best'][:len(group.rows)][leaving]
 
-    for i in range(n_queries):
-      group.carry = iterate(group.consts, group.carry, np.int32(i))
-      engine.count(group.size, forward=1)
+    for i in range(-1, n_queries):  # -1: the start point, which may already be misclassified.
+      if i >= 0:
+        group.carry = iterate(group.consts, group.carry, np.int32(i))
+        engine.count(group.size, forward=1)
       if (i + 1) % check_every and i + 1 < n_queries:
         continue
       fooled = engine.read(group.carry['margin'])[:len(group.rows)] <= 0

@@ -15,6 +15,8 @@ used by AutoAttack's standard version (docs/autoattack.md, section 3):
 Everything is per point: fixed shapes with masks, one `lax.fori_loop` for the steps and one
 `lax.scan` over the targets, so the attack compiles once and makes no host round trip. Points that
 are no longer robust still flow through later runs (fixed shapes) but their results are discarded.
+This form is the reference the tests check; the ensemble runs the same step (`fab_step`, split into
+the linearisation and `fab_move`) from the host on the points still robust (`compacted.make_fab`).
 Images are NHWC float32 in [0, 1]; norms are in the same units (eps = 8/255, not 8).
 """
 
