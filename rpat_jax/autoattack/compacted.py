@@ -3,12 +3,13 @@
 The attack modules (`apgd`, `fab`, `square`) hold the semantics, each as a pure function with `lax`
 loops (what the tests check against the official code) built from one-iteration functions. This module
 runs the same iteration functions in another way, for speed:
-- **From the host.** Each iteration is one call of a jitted step. The host queues calls without
-  waiting and reads a small flag only every `check_every` iterations. On XLA:CPU a network's input
-  gradient inside a `lax` loop body ran 2.6x slower than the same gradient compiled on its own
-  (ResNet-18, batch 64: 3.6 s against 1.4 s per iteration; docs/benchmarks.md), whatever the flags.
-  On a GPU calls are asynchronous, so a step costs its kernels plus microseconds of dispatch, and a
-  read every few iterations only drains the queue briefly.
+- **From the host.** Each APGD or FAB iteration is one call of a jitted step; Square's queries,
+  forward passes only, run in `lax` blocks of `check_every`. The host queues calls without waiting and
+  reads a small flag only every `check_every` iterations. On XLA:CPU a network's input gradient
+  inside a `lax` loop body ran 2.6x slower than the same gradient compiled on its own (ResNet-18,
+  batch 64: 3.6 s against 1.4 s per iteration; docs/benchmarks.md), whatever the flags; forward-only
+  loop bodies did not slow down. On a GPU calls are asynchronous, so a step costs its kernels plus
+  microseconds of dispatch, and a read every few iterations only drains the queue briefly.
 - **Only the points that matter.** A run attacks the points still robust, not a masked chunk. Within
   a run, every `check_every` iterations, the points already fooled leave whenever the rest fit a
   smaller bucket. Bucket sizes grow geometrically (and are multiples of the device count), so each step
@@ -25,6 +26,7 @@ is in eval mode).
 the benchmark compares with the official code's.
 """
 
+import functools
 from typing import Callable, Dict
 
 import jax
@@ -318,23 +320,20 @@ def make_square(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, n
                                                     jnp.zeros(consts['y'].shape), norm=norm, eps=eps)
     return {'x_best': x_best, 'margin': margin_best}
 
-  # Candidates and queries are two programs: on XLA:CPU the one program holding both ran 1.4x slower
-  # (small CNN, 80 points: 9.5 ms against 6.9 ms per iteration).
-  @jax.jit
-  def candidates(consts, carry, i):
+  # Square's queries are forward passes only, and those ran faster as a `lax` loop than called one by one
+  # (small CNN, 64 points: 4.0 ms against 5.6 ms per query; docs/benchmarks.md): the host calls blocks of
+  # `check_every` queries, and compacts between blocks.
+  @functools.partial(jax.jit, static_argnames='length')
+  def block(consts, carry, first, length):
     _, loop_keys = square.split_keys(point_keys(key, consts['index']))
-    return square.square_candidates(consts['x'], carry['x_best'], loop_keys, i, norm=norm, eps=eps,
-                                    n_queries=n_queries, p_init=p_init)
-
-  @jax.jit
-  def query(consts, carry, images):
     everyone = jnp.ones(consts['y'].shape, bool)  # A group holds clean-correct points only.
-    state = (0, carry['x_best'], carry['margin'], jnp.zeros(consts['y'].shape, jnp.int32))
-    _, x_best, margin_best, _ = square.square_accept(logits_fn, consts['y'], everyone, state, images)
-    return {'x_best': x_best, 'margin': margin_best}
 
-  def iterate(consts, carry, i):
-    return query(consts, carry, candidates(consts, carry, i))
+    def query(j, state):
+      return square.square_step(logits_fn, consts['x'], consts['y'], loop_keys, everyone, state, norm=norm,
+                                eps=eps, n_queries=n_queries, p_init=p_init)
+    state = (first, carry['x_best'], carry['margin'], jnp.zeros(consts['y'].shape, jnp.int32))
+    _, x_best, margin_best, _ = jax.lax.fori_loop(0, length, query, state)
+    return {'x_best': x_best, 'margin': margin_best}
 
   def attack(engine: Engine, x: np.ndarray, y: np.ndarray, indices: np.ndarray):
     robust = engine.predict(x) == y
@@ -349,19 +348,19 @@ def make_square(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, n
     def harvest(host, leaving):
       x_adv[group.rows[leaving]] = host['x_best'][:len(group.rows)][leaving]
 
-    for i in range(-1, n_queries):  # -1: the start point, which may already be misclassified.
-      if i >= 0:
-        group.carry = iterate(group.consts, group.carry, np.int32(i))
-        engine.count(group.size, forward=1)
-      if (i + 1) % check_every and i + 1 < n_queries:
-        continue
+    done = 0
+    while True:  # Checks after the start point (it may already be misclassified) and after each block.
       fooled = engine.read(group.carry['margin'])[:len(group.rows)] <= 0
-      if fooled.all() or i + 1 == n_queries or (fooled.any() and group.can_shrink(~fooled)):
+      if fooled.all() or done == n_queries or (fooled.any() and group.can_shrink(~fooled)):
         host = engine.read(group.carry)
         harvest(host, fooled)
-        if fooled.all() or i + 1 == n_queries:
+        if fooled.all() or done == n_queries:
           break
         group.shrink(~fooled, host)
+      length = min(check_every, n_queries - done)
+      group.carry = block(group.consts, group.carry, np.int32(done), length=length)
+      engine.count(group.size * length, forward=1)
+      done += length
     return x_adv, 0
 
   return attack

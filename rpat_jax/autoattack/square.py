@@ -1,6 +1,6 @@
 """Square Attack (Andriushchenko et al., 2020) as AutoAttack runs it: `square_attack`, one jitted JAX
-function, and its pieces (`square_start`, `square_candidates`, `square_accept`), which the ensemble
-calls from the host on the points still active (`compacted.make_square`).
+function, and its pieces (`square_start`, `square_step`), which the ensemble runs in blocks of queries
+from the host on the points still active (`compacted.make_square`).
 
 A score-based attack: it only queries `logits_fn`, never a gradient, so it catches gradient
 masking that the white-box attacks of the ensemble miss. Semantics follow the official
