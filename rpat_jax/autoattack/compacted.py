@@ -109,6 +109,17 @@ class Group:
     self.carry = None
     self._place()
 
+  @classmethod
+  def of_robust(cls, engine: Engine, robust: np.ndarray, x, y, indices, targets=None):
+    """The points `robust` of a chunk with their images, labels, indices (and targets); None if none."""
+    rows = np.nonzero(robust)[0]
+    if not len(rows):
+      return None
+    consts = {'x': x, 'y': y, 'index': indices.astype(np.int32)}
+    if targets is not None:
+      consts['target'] = np.asarray(targets).astype(np.int32)
+    return cls(engine, rows, consts)
+
   def _place(self):
     padded = self.engine.pad(self.rows)
     self.size = len(padded)
@@ -164,17 +175,14 @@ def make_apgd(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, los
       x_adv[rows], robust[rows] = x_found[:len(group.rows)][fooled], False
 
     for run in range(runs):
-      rows = np.nonzero(robust)[0]
-      if not len(rows):
+      rank = apgd.target_rank(run, num_classes=num_classes, n_restarts=n_restarts)
+      group = Group.of_robust(engine, robust, x, y, indices, ranked[:, rank] if targeted else None)
+      if group is None:
         break
-      consts = {'x': x, 'y': y, 'index': indices.astype(np.int32)}
-      if targeted:
-        consts['target'] = ranked[:, apgd.target_rank(run, num_classes=num_classes, n_restarts=n_restarts)]
-      group = Group(engine, rows, consts)
       group.carry = start(group.consts, run)
       engine.count(group.size, forward=1, backward=1)
       if loss != 'ce':
-        zero_points = max(zero_points, int(engine.read(group.carry['zero_grad'])[:len(rows)].sum()))
+        zero_points = max(zero_points, int(engine.read(group.carry['zero_grad'])[:len(group.rows)].sum()))
       for i in range(n_iter):
         group.carry = iterate(group.consts, group.carry, i)
         engine.count(group.size, forward=1, backward=1)
@@ -257,13 +265,9 @@ def make_fab(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, targ
     x_adv = x.copy()
     backward = 1 if targeted else num_classes  # Untargeted FAB linearises every class: K backward passes.
     for run in range(runs):
-      rows = np.nonzero(robust)[0]
-      if not len(rows):
+      group = Group.of_robust(engine, robust, x, y, indices, by_rank[:, run] if targeted else None)
+      if group is None:
         break
-      consts = {'x': x, 'y': y, 'index': indices.astype(np.int32)}
-      if targeted:
-        consts['target'] = by_rank[:, run].astype(np.int32)
-      group = Group(engine, rows, consts)
       group.carry = start(group.consts, run)
       found = {}  # Chunk position -> the adversarial that made the point leave (norm <= eps).
 
@@ -336,12 +340,10 @@ def make_square(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, n
     return {'x_best': x_best, 'margin': margin_best}
 
   def attack(engine: Engine, x: np.ndarray, y: np.ndarray, indices: np.ndarray):
-    robust = engine.predict(x) == y
     x_adv = x.copy()
-    rows = np.nonzero(robust)[0]
-    if not len(rows):
+    group = Group.of_robust(engine, engine.predict(x) == y, x, y, indices)
+    if group is None:
       return x_adv, 0
-    group = Group(engine, rows, {'x': x, 'y': y, 'index': indices.astype(np.int32)})
     group.carry = start(group.consts)
     engine.count(group.size, forward=1)
 
