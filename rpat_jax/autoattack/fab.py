@@ -65,7 +65,7 @@ def _solve_breakpoints(breakpoints: jax.Array, weights: jax.Array, target: jax.A
     return jnp.where(below, middle, low), jnp.where(below, high, middle)
 
   bracket = (jnp.zeros_like(target, jnp.int32), lax.bitcast_convert_type(top, jnp.int32))
-  low, _ = lax.fori_loop(0, 31, halve, bracket, unroll=True)
+  low, _ = lax.fori_loop(0, 31, halve, bracket)
   saturated = breakpoints <= lax.bitcast_convert_type(low, jnp.float32)[:, None]
   slope = jnp.sum(jnp.where(saturated, 0.0, weights), axis=1)
   offset = jnp.sum(jnp.where(saturated, weights * breakpoints, 0.0), axis=1)

@@ -1,5 +1,5 @@
 """Per-point PGD-k robustness of host points, in batches split over the mesh: the evaluation's PGD-20 and
-CW-20 and the benchmark's PGD-20 run this one compiled attack."""
+CW-20 and the benchmark's PGD-20 all run this attack (its start, steps and final check compiled once each)."""
 
 import functools
 from typing import Callable
