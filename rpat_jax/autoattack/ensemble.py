@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rpat_jax import cpu_chunks
 from rpat_jax import parallel
 from rpat_jax import paths
 from rpat_jax.autoattack import checks, compacted
@@ -91,16 +92,22 @@ def resolve_options(version: str, names: Sequence[str], overrides: Optional[Dict
   return options
 
 
-def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict):
+def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict,
+                gradient_logits_fn: Optional[Callable] = None):
   """attack(engine, x, y, indices) -> (x_adv, zero_gradient_points) for one attack of the ensemble, on host
   arrays of a chunk; driven from the host over the points still robust (`compacted`). Point i's
-  randomness comes from fold_in(fold_in(seed, attack), indices[i])."""
+  randomness comes from fold_in(fold_in(seed, attack), indices[i]).
+
+  gradient_logits_fn: the same function in the form APGD and FAB take gradients through (on a lone CPU
+  device, in chunks of images: `cpu_chunks`); None: logits_fn."""
   key = jax.random.fold_in(jax.random.key(seed), ATTACKS.index(name))
+  if gradient_logits_fn is None:
+    gradient_logits_fn = logits_fn
   if name.startswith('apgd'):
     loss = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr-targeted'}[name]
-    return compacted.make_apgd(logits_fn, key, norm=norm, eps=eps, loss=loss, **options)
+    return compacted.make_apgd(gradient_logits_fn, key, norm=norm, eps=eps, loss=loss, **options)
   if name in ('fab', 'fab-t'):
-    return compacted.make_fab(logits_fn, key, norm=norm, eps=eps, targeted=name == 'fab-t', **options)
+    return compacted.make_fab(gradient_logits_fn, key, norm=norm, eps=eps, targeted=name == 'fab-t', **options)
   return compacted.make_square(logits_fn, key, norm=norm, eps=eps, **options)
 
 
@@ -220,6 +227,7 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   started = time.time()
   # Chunks are split over every device of every process; results come back replicated to each.
   engine = compacted.Engine(logits_fn, parallel.make_mesh(), batch_size)
+  gradient_logits_fn = cpu_chunks.for_gradients(logits_fn, engine.devices)
   logits, predict = engine.logits, engine.predict
 
   first = x[:batch_size]
@@ -242,7 +250,8 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
     if state.chunk_position == 0:
       state.start_robust = state.robust.copy()
     targets = np.nonzero(state.start_robust)[0]
-    attack = make_attack(name, logits_fn, norm=norm, eps=eps, seed=seed, options=options[name])
+    attack = make_attack(name, logits_fn, norm=norm, eps=eps, seed=seed, options=options[name],
+                         gradient_logits_fn=gradient_logits_fn)
     attack_started = time.time()
     for chunk_index, chunk in _chunks(targets, batch_size):
       if chunk_index < state.chunk_position:

@@ -62,6 +62,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNam
       n_examples=flags.DEFINE_integer('n_examples', 1000, 'eval: points attacked.', **values),
       eval_batch_size=flags.DEFINE_integer('eval_batch_size', 500, 'eval: points per attack call (both sides).',
                                            **values),
+      aa_calls=flags.DEFINE_integer('aa_calls', 2, 'eval: our AutoAttack calls, 2 (the first, then compiled) or '
+                                    '1 (the first only: rows where one call takes most of an hour).', **values),
       aa_version=flags.DEFINE_string('aa_version', 'standard', 'eval: AutoAttack version (standard, plus).',
                                      **values),
       attacks=flags.DEFINE_list('attacks', None, 'eval, with --aa_version=custom: any of '
@@ -86,6 +88,8 @@ def _check_flags(cli):
   evaluate.check_checkpoint(cli.checkpoint.value)
   if cli.workdir.value and not os.path.isdir(cli.workdir.value):
     raise config_validation.ConfigError(f'--workdir={cli.workdir.value} does not exist')
+  if cli.aa_calls.value not in (1, 2):
+    raise config_validation.ConfigError(f'--aa_calls={cli.aa_calls.value}; allowed: 1, 2')
   if cli.warmup.value < 0:
     raise config_validation.ConfigError(f'--warmup={cli.warmup.value}; allowed: an integer >= 0')
   unknown = set(cli.torch_modes.value) - {'reference', 'tuned'}
@@ -137,7 +141,7 @@ def main(argv, cli) -> None:
       row = eval_bench.run(config, n_examples=cli.n_examples.value, batch_size=cli.eval_batch_size.value,
                            dtype=cli.dtype.value or 'float32', aa_version=cli.aa_version.value,
                            workdir=cli.workdir.value, checkpoint=cli.checkpoint.value, with_torch=cli.torch.value,
-                           attack_names=cli.attacks.value)
+                           attack_names=cli.attacks.value, aa_calls=cli.aa_calls.value)
   except (config_validation.ConfigError, ValueError, FileNotFoundError) as error:
     cli_lib.fail(PROG, error)
   row['command'] = ' '.join(['python -m rpat_jax.bench'] + sys.argv[1:])

@@ -137,9 +137,15 @@ def _evaluations(total: Dict[str, int], n_points: int) -> Dict:
 
 
 def run(config, *, n_examples: int, batch_size: int, dtype: str, aa_version: str, workdir: Optional[str],
-        checkpoint: str, with_torch: bool, attack_names=None) -> Dict:
+        checkpoint: str, with_torch: bool, attack_names=None, aa_calls: int = 2) -> Dict:
   """The result row: our seconds (first call with compilation, then compiled), accuracies, and with
-  `with_torch` the official side's seconds, accuracies, our speed-ups and the per-point agreement."""
+  `with_torch` the official side's seconds, accuracies, our speed-ups and the per-point agreement.
+
+  aa_calls: 2 times AutoAttack twice (first call, then compiled); 1 only once, for rows where one call
+  takes most of an hour and compilation is a small part of it (`aa_seconds` and `aa_speedup` are then
+  None, the first call's figures stand)."""
+  if aa_calls not in (1, 2):
+    raise ValueError(f'aa_calls must be 1 or 2; got {aa_calls}')
   names = autoattack.ensemble.resolve_attacks(aa_version, attack_names)  # Bad names fail before any work.
   train_bench.bench_config(config, batch_size=1, dtype=dtype)  # Validates the model and threat keys.
   config = ml_collections.ConfigDict(config.to_dict())
@@ -164,8 +170,10 @@ def run(config, *, n_examples: int, batch_size: int, dtype: str, aa_version: str
   pgd_robust, pgd_seconds = _timed(lambda: robust(x, labels, batch_size))
   aa = lambda: autoattack.evaluate(logits_fn, x, labels, norm=attack.norm, eps=attack.eps, version=aa_version,
                                    seed=config.seed, batch_size=batch_size, attacks=attack_names)
-  aa_first = _timed(aa)[1]
-  ours, aa_seconds = _timed(aa)
+  ours, aa_first = _timed(aa)
+  aa_seconds = None
+  if aa_calls == 2:
+    ours, aa_seconds = _timed(aa)
   row = {
       'what': 'eval', 'model': config.model.name, 'weights': weights, 'points': points, 'labels': label_note,
       'n_examples': len(x), 'batch_size': batch_size, 'dtype': dtype, 'norm': attack.norm, 'eps': attack.eps,
@@ -179,7 +187,7 @@ def run(config, *, n_examples: int, batch_size: int, dtype: str, aa_version: str
     official = _official(config, variables, classes, x, labels, batch_size, aa_version, attack_names, names)
     row['official'] = {
         **{key: value for key, value in official.items() if not key.endswith('_robust')},
-        'aa_speedup': official['aa_seconds'] / aa_seconds,
+        'aa_speedup': official['aa_seconds'] / aa_seconds if aa_seconds else None,
         'aa_speedup_first_call': official['aa_seconds'] / aa_first,
         'pgd20_speedup': official['pgd20_seconds'] / pgd_seconds,
         'aa_agreement': float(np.mean(official['aa_robust'] == ours['robust'])),
