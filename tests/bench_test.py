@@ -134,16 +134,19 @@ def test_train_bench_prints_every_key(tmp_path):
 def test_eval_bench_prints_every_key(tmp_path):
   pytest.importorskip('pyautoattack')
   result, _ = _bench(tmp_path, '--what=eval', '--n_examples=16', '--eval_batch_size=16', '--aa_version=custom',
-                     '--attacks=apgd-ce', '--torch')
+                     '--attacks=apgd-ce', '--torch', '--aa_calls=1')
   assert result.returncode == 0, result.stderr[-3000:]
   row = json.loads(result.stdout)
   for key in ('pgd20_seconds', 'pgd20_acc', 'aa_seconds', 'aa_seconds_first_call', 'aa_acc', 'per_attack',
               'official'):
     assert key in row, key
   assert row['n_examples'] == 16 and row['dtype'] == 'float32' and row['clean_acc'] == 1.0
+  assert row['aa_seconds'] is None and row['aa_seconds_first_call'] > 0  # One call (--aa_calls=1).
   official = row['official']
   for key in ('aa_seconds', 'aa_acc', 'pgd20_seconds', 'aa_speedup', 'aa_agreement', 'pgd20_agreement'):
     assert key in official, key
+  assert official['aa_speedup'] is None
+  assert official['aa_speedup_first_call'] == pytest.approx(official['aa_seconds'] / row['aa_seconds_first_call'])
   assert 0.0 <= official['aa_agreement'] <= 1.0
   # Work: APGD-CE (custom version: 100 iterations, 5 restarts) on 16 points, all robust at the start (their
   # own predictions as labels) and after (initial weights). The official code computes 101 gradients of each
@@ -157,6 +160,7 @@ def test_eval_bench_prints_every_key(tmp_path):
     (['--torch_modes=fast'], 'torch_modes'),
     (['--config.model.name=resnet7'], 'model.name'),
     (['--steps=0'], '--steps'),
+    (['--what=eval', '--aa_calls=3'], '--aa_calls'),
     (['--torch', '--config.method=trades'], 'method'),  # Before any of our work: the twin is PGD-AT only.
 ])
 def test_bad_flags_fail_in_one_line(flags, message, capsys, monkeypatch):
