@@ -2,9 +2,9 @@
 
 XLA:CPU's convolutions slow down once a layer's activations outgrow the core's L2 cache. On this
 project's 2-core CPU (4 MiB of L2 per core), one APGD-CE iteration of the quick-start CNN over 256 points
-took 170 ms as one batch and 91 ms as chunks of 32 images within the same program (105 ms as chunks of
-64), and a ResNet-18 input gradient over 64 images 1.41 s against 1.22 s as chunks of 8 (1.18 s as
-chunks of 16; docs/benchmarks.md). The chunks compute what the whole batch does (eval-mode BatchNorm: nothing is
+took 107 ms as one batch and 57 ms as chunks of 32 images within the same program (69 ms as chunks of
+64), and a ResNet-18 input gradient over 64 images 0.90 s against 0.76 s as chunks of 8 (0.74 s as
+chunks of 16; docs/benchmarks.md, `docs/cpu_chunks_cpu.py`). The chunks compute what the whole batch does (eval-mode BatchNorm: nothing is
 shared between images), in one program; only float rounding differs. Accelerators and meshes of several
 devices keep whole batches.
 """
