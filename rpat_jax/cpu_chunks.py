@@ -4,9 +4,9 @@ XLA:CPU's convolutions slow down once a layer's activations outgrow the core's L
 project's 2-core CPU (4 MiB of L2 per core), one APGD-CE iteration of the quick-start CNN over 256 points
 took 107 ms as one batch and 57 ms as chunks of 32 images within the same program (69 ms as chunks of
 64), and a ResNet-18 input gradient over 64 images 0.90 s against 0.76 s as chunks of 8 (0.74 s as
-chunks of 16; docs/benchmarks.md, `docs/cpu_chunks_cpu.py`). The chunks compute what the whole batch does (eval-mode BatchNorm: nothing is
-shared between images), in one program; only float rounding differs. Accelerators and meshes of several
-devices keep whole batches.
+chunks of 16; `docs/cpu_chunks_cpu.py`, docs/benchmarks.md). The chunks compute what the whole batch
+does (eval-mode BatchNorm: nothing is shared between images), in one program; only float rounding
+differs. Accelerators and meshes of several devices keep whole batches.
 """
 
 from typing import Callable, Optional, Sequence
@@ -20,22 +20,28 @@ import numpy as np
 CACHE_BYTES = 2 * 2 ** 20
 
 
+# The batch the forward pass is traced with: a size no kernel dimension has, so that only arrays with a
+# row per image count (not, say, a 1x1 kernel cast to the compute dtype).
+_TRACE_BATCH = 13
+
+
 def largest_activation_bytes(logits_fn: Callable, image_shape: Sequence[int]) -> int:
-  """Bytes of the largest array the forward pass of one image makes (every nested program included)."""
+  """Bytes per image of the largest per-image array the forward pass makes (nested programs included)."""
   def walk(jaxpr):
     largest = 0
     for eqn in jaxpr.eqns:
       for var in eqn.outvars:
         aval = var.aval
-        if hasattr(aval, 'shape') and hasattr(aval, 'dtype'):
-          largest = max(largest, int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize)
+        shape = getattr(aval, 'shape', ())
+        if len(shape) >= 1 and shape[0] == _TRACE_BATCH and hasattr(aval, 'dtype'):
+          largest = max(largest, int(np.prod(shape[1:])) * np.dtype(aval.dtype).itemsize)
       for param in eqn.params.values():
         for sub in param if isinstance(param, (list, tuple)) else (param,):
           inner = getattr(sub, 'jaxpr', sub)
           if hasattr(inner, 'eqns'):
             largest = max(largest, walk(inner))
     return largest
-  closed = jax.make_jaxpr(logits_fn)(jnp.zeros((1, *image_shape), jnp.float32))
+  closed = jax.make_jaxpr(logits_fn)(jnp.zeros((_TRACE_BATCH, *image_shape), jnp.float32))
   return walk(closed.jaxpr)
 
 
