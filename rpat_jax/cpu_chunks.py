@@ -68,7 +68,13 @@ def chunked(logits_fn: Callable, chunk: Optional[int]) -> Callable:
 
 def for_gradients(logits_fn: Callable, devices: int) -> Callable:
   """logits_fn, in chunks where chunk_size says so for the images it is traced with: the form the
-  attacks take gradients through."""
+  attacks take gradients through. The chunk is worked out once per image shape, not at every compile
+  (each bucket size compiles its own step)."""
+  chunks = {}
+
   def logits(x):
-    return chunked(logits_fn, chunk_size(logits_fn, x.shape[1:], devices))(x)
+    shape = tuple(x.shape[1:])
+    if shape not in chunks:
+      chunks[shape] = chunk_size(logits_fn, shape, devices)
+    return chunked(logits_fn, chunks[shape])(x)
   return logits
