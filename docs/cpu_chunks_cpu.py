@@ -1,14 +1,17 @@
 """Gradients in chunks of images on this CPU (`rpat_jax/cpu_chunks.py`): what each chunk size costs.
 
-  python docs/cpu_chunks_cpu.py apgd [WORKDIR=/tmp/rpat_smoke_bench] [N=256]
+  python docs/cpu_chunks_cpu.py apgd [WORKDIR=/tmp/rpat_smoke_bench | MODEL] [N=256]
   python docs/cpu_chunks_cpu.py gradient [MODEL=resnet18] [N=64]
 
 apgd: milliseconds per APGD-CE iteration (host-driven, `compacted.make_apgd`, 20 iterations, eps 1e-6 so
 no point leaves) on the quick-start model (`python -m rpat_jax.main --config=configs/smoke.py
---workdir=WORKDIR`) over N noise points, with the network whole and in chunks of 64, 32 and 16 images.
+--workdir=WORKDIR`) over N noise points, with the network whole and in chunks of 64, 32 and 16 images;
+given a MODEL name instead (e.g. resnet18), that model at its initial weights, 10 iterations, whole and in
+chunks of 32, 16 and 8.
 gradient: milliseconds per jitted cross-entropy input gradient of MODEL at its initial weights over N
 noise images, whole and in chunks of 16 and 8. Each form is timed three times, interleaved with the
-others; prints one JSON line with every time and the chunk `cpu_chunks` picks (docs/benchmarks.md).
+others; prints one JSON line with every time, the first (compiling) call's seconds of each form and the
+chunk `cpu_chunks` picks (docs/benchmarks.md).
 """
 import json
 import os
@@ -32,6 +35,9 @@ if what == 'apgd':
   workdir = sys.argv[2] if len(sys.argv) > 2 else '/tmp/rpat_smoke_bench'
   n = int(sys.argv[3]) if len(sys.argv) > 3 else 256
   chunks, repeat, iterations = (None, 64, 32, 16), 3, 20
+  if not os.path.isdir(workdir):  # A model's name: its initial weights.
+    config.model.name, workdir = workdir, None
+    chunks, iterations = (None, 32, 16, 8), 10
 else:
   workdir = None
   config.model.name = sys.argv[2] if len(sys.argv) > 2 else 'resnet18'
@@ -54,8 +60,11 @@ def form(chunk):
 
 
 forms = {str(chunk or 'whole'): form(chunk) for chunk in chunks}
-for run in forms.values():
+first_call = {}
+for name, run in forms.items():
+  started = time.perf_counter()
   jax.block_until_ready(run())  # Compiles.
+  first_call[name] = round(time.perf_counter() - started, 1)
 ms = {name: [] for name in forms}
 for _ in range(repeat):
   for name, run in forms.items():
@@ -65,4 +74,5 @@ for _ in range(repeat):
 print(json.dumps({'what': what, 'model': config.model.name, 'weights': weights, 'n': n,
                   'ms_per_iteration' if what == 'apgd' else 'ms_per_gradient': ms,
                   'median': {name: float(np.median(values)) for name, values in ms.items()},
+                  'first_call_seconds': first_call,
                   'cpu_chunks_picks': cpu_chunks.chunk_size(logits_fn, x.shape[1:], 1)}))

@@ -1,12 +1,12 @@
-"""On a lone CPU device, a network's gradients over a batch run as consecutive chunks of images.
+"""On a lone CPU device, a light network's gradients over a batch run as consecutive chunks of images.
 
-XLA:CPU's convolutions slow down once a layer's activations outgrow the core's L2 cache. On this
-project's 2-core CPU (4 MiB of L2 per core), one APGD-CE iteration of the quick-start CNN over 256 points
-took 107 ms as one batch and 57 ms as chunks of 32 images within the same program (69 ms as chunks of
-64), and a ResNet-18 input gradient over 64 images 0.90 s against 0.76 s as chunks of 8 (0.74 s as
-chunks of 16; `docs/cpu_chunks_cpu.py`, docs/benchmarks.md). The chunks compute what the whole batch
-does (eval-mode BatchNorm: nothing is shared between images), in one program; only float rounding
-differs. Accelerators and meshes of several devices keep whole batches.
+XLA:CPU's convolutions slow down once a layer's activations outgrow the core's L2 cache, most for
+networks that do little work per byte they touch. On this project's 2-core CPU (4 MiB of L2 per core), an
+APGD-CE iteration of the quick-start CNN over 256 points took 129 ms as one batch and 74 ms as chunks of
+32 images within the same program (`docs/cpu_chunks_cpu.py`, docs/benchmarks.md). The chunks compute what
+the whole batch does (eval-mode BatchNorm: nothing is shared between images), in one program; only float
+rounding differs. ResNets and WideResNets (MAX_FLOPS_PER_BYTE), accelerators and meshes of several
+devices keep whole batches.
 """
 
 from typing import Callable, Optional, Sequence
@@ -16,8 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 
 # The largest activation of a chunk stays within this: half the L2 cache of one core here (the quick-start
-# CNN's chunks of 32 images, ResNet-18's of 8, both the fastest or within noise of it).
+# CNN's chunks of 32 images, the fastest of 16, 32 and 64).
 CACHE_BYTES = 2 * 2 ** 20
+
+
+# Chunks pay where a network does little work on the data it touches: the quick-start CNN (about 90 FLOPs
+# per byte of its largest activation) ran an APGD-CE iteration over 256 points in 74 ms in chunks of 32
+# against 129 ms whole. ResNet-18 (about 4,200) ran no faster in chunks on XLA's Eigen convolutions
+# (xla_cpu.py; 64 points: 980 ms whole, 974 in chunks of 8), and compiling its step took about 13 s more
+# (first call 30.9 against 17.3 s), so networks above this keep whole batches (docs/benchmarks.md).
+MAX_FLOPS_PER_BYTE = 500
 
 
 # The batch the forward pass is traced with: a size no kernel dimension has, so that only arrays with a
@@ -25,32 +33,62 @@ CACHE_BYTES = 2 * 2 ** 20
 _TRACE_BATCH = 13
 
 
+def _walk(jaxpr, visit) -> None:
+  """Calls visit(eqn) on every equation of jaxpr and of the programs nested in it."""
+  for eqn in jaxpr.eqns:
+    visit(eqn)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          _walk(inner, visit)
+
+
+def _per_image_arrays(logits_fn: Callable, image_shape: Sequence[int]):
+  """The forward pass's jaxpr, traced with _TRACE_BATCH images."""
+  return jax.make_jaxpr(logits_fn)(jnp.zeros((_TRACE_BATCH, *image_shape), jnp.float32)).jaxpr
+
+
 def largest_activation_bytes(logits_fn: Callable, image_shape: Sequence[int]) -> int:
   """Bytes per image of the largest per-image array the forward pass makes (nested programs included)."""
-  def walk(jaxpr):
-    largest = 0
-    for eqn in jaxpr.eqns:
-      for var in eqn.outvars:
-        aval = var.aval
-        shape = getattr(aval, 'shape', ())
-        if len(shape) >= 1 and shape[0] == _TRACE_BATCH and hasattr(aval, 'dtype'):
-          largest = max(largest, int(np.prod(shape[1:])) * np.dtype(aval.dtype).itemsize)
-      for param in eqn.params.values():
-        for sub in param if isinstance(param, (list, tuple)) else (param,):
-          inner = getattr(sub, 'jaxpr', sub)
-          if hasattr(inner, 'eqns'):
-            largest = max(largest, walk(inner))
-    return largest
-  closed = jax.make_jaxpr(logits_fn)(jnp.zeros((_TRACE_BATCH, *image_shape), jnp.float32))
-  return walk(closed.jaxpr)
+  largest = [0]
+
+  def visit(eqn):
+    for var in eqn.outvars:
+      shape = getattr(var.aval, 'shape', ())
+      if len(shape) >= 1 and shape[0] == _TRACE_BATCH and hasattr(var.aval, 'dtype'):
+        largest[0] = max(largest[0], int(np.prod(shape[1:])) * np.dtype(var.aval.dtype).itemsize)
+  _walk(_per_image_arrays(logits_fn, image_shape), visit)
+  return largest[0]
+
+
+def flops_per_image(logits_fn: Callable, image_shape: Sequence[int]) -> float:
+  """Multiply-adds x 2 per image of the forward pass's convolutions and matrix products."""
+  total = [0.0]
+
+  def visit(eqn):
+    out = eqn.outvars[0].aval
+    if eqn.primitive.name == 'conv_general_dilated':
+      kernel = eqn.invars[1].aval.shape
+      outputs_per_kernel = kernel[eqn.params['dimension_numbers'].rhs_spec[0]]
+      total[0] += 2.0 * np.prod(out.shape) * np.prod(kernel) / outputs_per_kernel
+    elif eqn.primitive.name == 'dot_general':
+      (contracting, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total[0] += 2.0 * np.prod(out.shape) * np.prod([lhs[d] for d in contracting])
+  _walk(_per_image_arrays(logits_fn, image_shape), visit)
+  return total[0] / _TRACE_BATCH
 
 
 def chunk_size(logits_fn: Callable, image_shape: Sequence[int], devices: int) -> Optional[int]:
   """Images per chunk for gradients on a lone CPU device (a power of two whose largest activation fits
-  CACHE_BYTES, at least 1); None on other devices or on a mesh of several."""
+  CACHE_BYTES, at least 1); None on other devices, on a mesh of several, or for a network whose
+  convolutions do more than MAX_FLOPS_PER_BYTE per byte of its largest activation."""
   if jax.default_backend() != 'cpu' or devices != 1:
     return None
   per_image = max(1, largest_activation_bytes(logits_fn, image_shape))
+  if flops_per_image(logits_fn, image_shape) > MAX_FLOPS_PER_BYTE * per_image:
+    return None
   return 1 << max(0, int(np.floor(np.log2(max(1, CACHE_BYTES // per_image)))))
 
 

@@ -1,5 +1,5 @@
 """Gradients in chunks of images on a lone CPU device (`cpu_chunks`): the chunk size follows the largest
-activation, and chunks change no logit, no gradient and no AutoAttack or PGD result."""
+activation (light networks only), and chunks change no logit, no gradient and no AutoAttack or PGD result."""
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,21 @@ def test_the_chunk_holds_as_many_images_as_the_cache_holds_largest_activations()
   assert cpu_chunks.chunk_size(logits_fn, (32, 32, 3), 1) == cpu_chunks.CACHE_BYTES // (32 * 32 * 16 * 4)
   assert cpu_chunks.chunk_size(logits_fn, (32, 32, 3), 8) is None  # A mesh keeps whole batches.
   assert cpu_chunks.chunk_size(lambda x: jnp.tile(x, (1, 1, 1, 2 ** 12)), (32, 32, 3), 1) == 1
+
+
+def test_networks_heavy_for_their_activations_keep_whole_batches():
+  for name, chunk in (('small_cnn', 32), ('resnet18', None), ('wide_resnet', None)):
+    model = create_model(name, 10, **({'width': 16} if name == 'small_cnn' else {}))
+    shapes = jax.eval_shape(lambda model=model: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                                                           train=False))
+    variables = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+    logits_fn = lambda x, model=model, variables=variables: model.apply(variables, x, train=False)
+    assert cpu_chunks.chunk_size(logits_fn, (32, 32, 3), 1) == chunk, name
+  # A 3x3 convolution from 16 to 32 channels: 2 * 9 * 16 * 32 / 4 bytes = 2,304 FLOPs per output byte.
+  kernel = jnp.ones((3, 3, 16, 32))
+  conv = lambda x: jax.lax.conv_general_dilated(jnp.tile(x, (1, 1, 1, 6))[..., :16], kernel, (1, 1), 'SAME',
+                                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  assert cpu_chunks.flops_per_image(conv, (8, 8, 3)) == 2 * 8 * 8 * 32 * 9 * 16
 
 
 def test_chunks_give_the_logits_and_gradients_of_the_whole_batch():
