@@ -1,10 +1,10 @@
 """XLA:CPU's convolutions on its own (Eigen) kernels, not YNNPACK: an XLA_FLAGS option set at import.
 
 jaxlib 0.10 hands every convolution on CPU to YNNPACK (`__ynn_fusion` in the compiled program). On this
-project's 2-core CPU those took 1.3-2x the time of XLA's own Eigen convolutions, backward passes most:
-a 3x3 convolution over 8x32x32x64 took 4.6 ms forward and 13.5 ms forward plus input gradient against
-3.2 and 5.4 ms (64x4x4x512: 89 against 53 ms), an APGD-CE iteration of the quick-start CNN over 256 points
-82 against 64 ms (docs/benchmarks.md). So the package asks XLA for YNNPACK dots only
+project's 2-core CPU, ResNet-18's convolutions at batch 64 (forward pass plus input gradient) took 454 ms
+in all on YNNPACK against 345 ms on XLA's own Eigen kernels (PyTorch: 317 ms), 1.6x on the 32x32 layers and
+up to 13% slower on two small ones; the quick-start CNN's 22.0 against 17.6 ms
+(`docs/xla_cpu_convolutions.py`, docs/benchmarks.md). So the package asks XLA for YNNPACK dots only
 (`--xla_cpu_experimental_ynn_fusion_type=dot`) when it is imported, before JAX starts its CPU backend:
 - unless XLA_FLAGS already names that option: the user's choice wins;
 - only on the jaxlib versions this was measured on (an option XLA does not know stops it at start-up);
