@@ -44,7 +44,7 @@ def _walk(jaxpr, visit) -> None:
           _walk(inner, visit)
 
 
-def _per_image_arrays(logits_fn: Callable, image_shape: Sequence[int]):
+def _forward_jaxpr(logits_fn: Callable, image_shape: Sequence[int]):
   """The forward pass's jaxpr, traced with _TRACE_BATCH images."""
   return jax.make_jaxpr(logits_fn)(jnp.zeros((_TRACE_BATCH, *image_shape), jnp.float32)).jaxpr
 
@@ -58,7 +58,7 @@ def largest_activation_bytes(logits_fn: Callable, image_shape: Sequence[int]) ->
       shape = getattr(var.aval, 'shape', ())
       if len(shape) >= 1 and shape[0] == _TRACE_BATCH and hasattr(var.aval, 'dtype'):
         largest[0] = max(largest[0], int(np.prod(shape[1:])) * np.dtype(var.aval.dtype).itemsize)
-  _walk(_per_image_arrays(logits_fn, image_shape), visit)
+  _walk(_forward_jaxpr(logits_fn, image_shape), visit)
   return largest[0]
 
 
@@ -76,7 +76,7 @@ def flops_per_image(logits_fn: Callable, image_shape: Sequence[int]) -> float:
       (contracting, _), _ = eqn.params['dimension_numbers']
       lhs = eqn.invars[0].aval.shape
       total[0] += 2.0 * np.prod(out.shape) * np.prod([lhs[d] for d in contracting])
-  _walk(_per_image_arrays(logits_fn, image_shape), visit)
+  _walk(_forward_jaxpr(logits_fn, image_shape), visit)
   return total[0] / _TRACE_BATCH
 
 

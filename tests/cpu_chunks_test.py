@@ -31,7 +31,7 @@ def test_networks_heavy_for_their_activations_keep_whole_batches():
     variables = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
     logits_fn = lambda x, model=model, variables=variables: model.apply(variables, x, train=False)
     assert cpu_chunks.chunk_size(logits_fn, (32, 32, 3), 1) == chunk, name
-  # A 3x3 convolution from 16 to 32 channels: 2 * 9 * 16 * 32 / 4 bytes = 2,304 FLOPs per output byte.
+  # 2 FLOPs per multiply-add, 9 x 16 multiply-adds per output, 8 x 8 x 32 outputs per image.
   kernel = jnp.ones((3, 3, 16, 32))
   conv = lambda x: jax.lax.conv_general_dilated(jnp.tile(x, (1, 1, 1, 6))[..., :16], kernel, (1, 1), 'SAME',
                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
