@@ -49,8 +49,7 @@ def _forward_jaxpr(logits_fn: Callable, image_shape: Sequence[int]):
   return jax.make_jaxpr(logits_fn)(jnp.zeros((_TRACE_BATCH, *image_shape), jnp.float32)).jaxpr
 
 
-def largest_activation_bytes(logits_fn: Callable, image_shape: Sequence[int]) -> int:
-  """Bytes per image of the largest per-image array the forward pass makes (nested programs included)."""
+def _largest_activation_bytes(jaxpr) -> int:
   largest = [0]
 
   def visit(eqn):
@@ -58,12 +57,11 @@ def largest_activation_bytes(logits_fn: Callable, image_shape: Sequence[int]) ->
       shape = getattr(var.aval, 'shape', ())
       if len(shape) >= 1 and shape[0] == _TRACE_BATCH and hasattr(var.aval, 'dtype'):
         largest[0] = max(largest[0], int(np.prod(shape[1:])) * np.dtype(var.aval.dtype).itemsize)
-  _walk(_forward_jaxpr(logits_fn, image_shape), visit)
+  _walk(jaxpr, visit)
   return largest[0]
 
 
-def flops_per_image(logits_fn: Callable, image_shape: Sequence[int]) -> float:
-  """Multiply-adds x 2 per image of the forward pass's convolutions and matrix products."""
+def _flops_per_image(jaxpr) -> float:
   total = [0.0]
 
   def visit(eqn):
@@ -76,8 +74,18 @@ def flops_per_image(logits_fn: Callable, image_shape: Sequence[int]) -> float:
       (contracting, _), _ = eqn.params['dimension_numbers']
       lhs = eqn.invars[0].aval.shape
       total[0] += 2.0 * np.prod(out.shape) * np.prod([lhs[d] for d in contracting])
-  _walk(_forward_jaxpr(logits_fn, image_shape), visit)
+  _walk(jaxpr, visit)
   return total[0] / _TRACE_BATCH
+
+
+def largest_activation_bytes(logits_fn: Callable, image_shape: Sequence[int]) -> int:
+  """Bytes per image of the largest per-image array the forward pass makes (nested programs included)."""
+  return _largest_activation_bytes(_forward_jaxpr(logits_fn, image_shape))
+
+
+def flops_per_image(logits_fn: Callable, image_shape: Sequence[int]) -> float:
+  """Multiply-adds x 2 per image of the forward pass's convolutions and matrix products."""
+  return _flops_per_image(_forward_jaxpr(logits_fn, image_shape))
 
 
 def chunk_size(logits_fn: Callable, image_shape: Sequence[int], devices: int) -> Optional[int]:
@@ -86,8 +94,9 @@ def chunk_size(logits_fn: Callable, image_shape: Sequence[int], devices: int) ->
   convolutions do more than MAX_FLOPS_PER_BYTE per byte of its largest activation."""
   if jax.default_backend() != 'cpu' or devices != 1:
     return None
-  per_image = max(1, largest_activation_bytes(logits_fn, image_shape))
-  if flops_per_image(logits_fn, image_shape) > MAX_FLOPS_PER_BYTE * per_image:
+  jaxpr = _forward_jaxpr(logits_fn, image_shape)  # Traced once for both measures.
+  per_image = max(1, _largest_activation_bytes(jaxpr))
+  if _flops_per_image(jaxpr) > MAX_FLOPS_PER_BYTE * per_image:
     return None
   return 1 << max(0, int(np.floor(np.log2(max(1, CACHE_BYTES // per_image)))))
 
