@@ -65,6 +65,21 @@ def pytest_collection_modifyitems(items):
   items.sort(key=rank)  # Stable: the order within a file stays.
 
 
+@pytest.hookimpl(optionalhook=True)  # Called only where pytest-xdist runs the session (-n).
+def pytest_xdist_make_scheduler(config, log):
+  """Work stealing in place of xdist's default 'load' schedule.
+
+  'load' hands a worker that asks for more tests a fixed share of those left, and that share can be a
+  run of slow tests: one worker then ran 75 s on its own at the end while the other sat idle (suite on
+  2 workers: 323 s). With work stealing an idle worker takes half of the other's queue: 293 s, the
+  two ending within a second (docs/benchmarks.md). An explicit --dist other than 'load' is kept.
+  """
+  if config.getoption('dist') != 'load':
+    return None
+  from xdist.scheduler import WorkStealingScheduling  # pylint: disable=import-outside-toplevel
+  return WorkStealingScheduling(config, log)
+
+
 def _optimize(on: bool) -> None:
   jax.config.update('jax_disable_most_optimizations', not on)
   os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '0' if on else '1'  # For the processes a test starts.
