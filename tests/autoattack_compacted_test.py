@@ -12,8 +12,6 @@ from rpat_jax import parallel
 from rpat_jax.attacks import point_keys
 from rpat_jax.autoattack import apgd, compacted, ensemble, fab, square
 
-pytestmark = pytest.mark.xla_optimized  # Its time goes into running the attacks' loops.
-
 EPS = 2 / 255
 
 
@@ -53,6 +51,7 @@ def _check_adversarials(logits_fn, x, y, x_adv, fooled, norm='Linf', eps=EPS):
   np.testing.assert_array_equal(x_adv[~fooled], x[~fooled])
 
 
+@pytest.mark.xla_optimized  # The lax function's loops.
 @pytest.mark.parametrize('loss', ['ce', 'dlr-targeted'])
 def test_apgd_fools_the_points_the_lax_function_fools_with_less_work(problem, loss):
   logits_fn, x, y = problem
@@ -84,6 +83,7 @@ def test_apgd_counts_every_image_of_every_call(problem):
   np.testing.assert_array_equal(x_adv, x)
 
 
+@pytest.mark.xla_optimized  # The lax functions' loops.
 def test_fab_t_and_fab_fool_the_points_the_lax_functions_fool(problem):
   logits_fn, x, y = problem
   key = jax.random.key(5)

@@ -9,8 +9,6 @@ import pytest
 import aa_reference as ref
 from rpat_jax.autoattack import ensemble
 
-pytestmark = pytest.mark.xla_optimized  # Its time goes into running the attacks' loops.
-
 SMALL = {'apgd-ce': {'n_iter': 10}, 'apgd-t': {'n_iter': 10, 'n_target_classes': 3},
          'fab-t': {'n_iter': 10, 'n_target_classes': 3}, 'square': {'n_queries': 100}}
 

@@ -130,7 +130,6 @@ def test_train_bench_prints_every_key(tmp_path):
   assert 'tuned' not in row['torch']
 
 
-@pytest.mark.xla_optimized  # AutoAttack's loops.
 def test_eval_bench_prints_every_key(tmp_path):
   pytest.importorskip('pyautoattack')
   result, _ = _bench(tmp_path, '--what=eval', '--n_examples=16', '--eval_batch_size=16', '--aa_version=custom',

@@ -5,8 +5,10 @@ of its time. Two settings, also inherited by the processes tests start (environm
 - XLA's optimisations off (`jax_disable_most_optimizations`, and XLA:CPU's older elemental emitters,
   `--xla_cpu_use_fusion_emitters=false`, which compile such programs twice as fast): compiles take a
   fifth of the time, and the tests' tiny programs run about as fast. Tests whose time goes into running
-  long attack loops (AutoAttack) are marked `xla_optimized` and keep the optimisations (the emitter flag
-  is process-wide and stays). Every comparison in the suite is between programs compiled the same way,
+  long `lax` loops (the pure AutoAttack functions the cross-checks run) are marked `xla_optimized` and
+  keep the optimisations (the emitter flag is process-wide and stays). The ensemble's host-driven
+  attacks are not: they compile a program per bucket size and run short calls, and their tests took
+  half the time unoptimised. Every comparison in the suite is between programs compiled the same way,
   or against a reference at a tolerance that does not depend on fusion.
   RPAT_TEST_OPTIMIZE=1 runs every test with XLA's optimisations on.
 - a persistent compilation cache shared by the xdist workers and subprocesses of one session, so that

@@ -48,7 +48,6 @@ def test_chunks_give_the_logits_and_gradients_of_the_whole_batch():
   assert cpu_chunks.chunked(logits_fn, None) is logits_fn
 
 
-@pytest.mark.xla_optimized
 def test_autoattack_and_pgd_give_the_same_results_in_chunks(monkeypatch):
   logits_fn = ref.jax_logits_fn(ref.make_weights())
   x, y = ref.make_points(40)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tiny_config, xla_optimized
+from conftest import ROOT, tiny_config
 from rpat_jax import evaluate, train
 
 SMALL_AA = {'apgd-ce': {'n_iter': 5}, 'apgd-t': {'n_iter': 5, 'n_target_classes': 3},
@@ -25,8 +25,7 @@ def trained(tmp_path_factory):
 
 def test_results_have_every_number_and_agree_with_each_other(trained):
   config, workdir, _ = trained
-  with xla_optimized():  # Training compiled fast; AutoAttack's loops run fast.
-    results = evaluate.run(config, workdir, n_examples=48, aa_options=SMALL_AA, batch_size=32)
+  results = evaluate.run(config, workdir, n_examples=48, aa_options=SMALL_AA, batch_size=32)
   with open(os.path.join(workdir, 'eval', 'results.json')) as f:
     saved = json.load(f)
   for key in ('clean_acc', 'pgd20_acc', 'cw20_acc', 'aa_acc', 'mean', 'nrr', 'n_examples', 'checkpoint_step',
@@ -60,9 +59,8 @@ def test_the_weight_average_is_trained_checkpointed_and_evaluated_when_asked(tmp
   row = json.loads(open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()[-1])
   assert {'test_ema_clean_acc', 'test_ema_pgd_acc', 'test_clean_acc'} <= set(row)
   options = {'apgd-ce': {'n_iter': 3, 'n_restarts': 1}}
-  with xla_optimized():
-    results = evaluate.run(config, workdir, n_examples=32, aa_version='custom', attack_names=['apgd-ce'],
-                           aa_options=options, batch_size=32, ema=True)
+  results = evaluate.run(config, workdir, n_examples=32, aa_version='custom', attack_names=['apgd-ce'],
+                         aa_options=options, batch_size=32, ema=True)
   assert os.path.exists(os.path.join(workdir, 'eval', 'results_ema.json')) and results['ema']
   dataset = data.load_dataset(config.data)
   forward, *_ = evaluate.restore_variables(config, workdir, checkpoint='best')
