@@ -6,8 +6,10 @@ WORKDIR is a quick-start run (`python -m rpat_jax.main --config=configs/smoke.py
 Prints milliseconds per query over blocks of 20 queries at batch B (as `compacted.make_square` runs them):
 the forward pass alone, the candidates alone (Square's sampling and window updates) and a whole query;
 then the first convolution (3 -> 16 channels, 32x32) as XLA compiles it, with its input zero-padded to
-8 channels, as patches times a matrix (im2col), and PyTorch's on 1 and 2 threads (docs/benchmarks.md).
+8 channels, as patches times a matrix (im2col), and PyTorch's on 1 and 2 threads; then the whole network's
+forward pass and input gradient with each form of that first layer (docs/benchmarks.md).
 """
+import json
 import os
 import sys
 import time
@@ -29,14 +31,19 @@ batch = int(sys.argv[2]) if len(sys.argv) > 2 else 64
 QUERIES = 20
 
 
-def milliseconds(fn, *args, repeats=30):
+def milliseconds(fn, *args, rounds=5, repeats=10):
+  """The lowest of `rounds` medians of `repeats` calls: this machine's speed drifts by tens of percent
+  within a minute, and the lowest median is the figure a rerun reproduces best."""
   jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    started = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - started)
-  return float(np.median(times)) * 1e3
+  medians = []
+  for _ in range(rounds):
+    times = []
+    for _ in range(repeats):
+      started = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times.append(time.perf_counter() - started)
+    medians.append(np.median(times))
+  return float(min(medians)) * 1e3
 
 
 config = smoke.get_config()
@@ -98,5 +105,29 @@ with torch.no_grad():
     first[f'torch_{threads}_threads'] = milliseconds(
         lambda: torch.nn.functional.conv2d(torch_x, torch_w, padding=1))
 row['first_conv_ms'] = first
-print({key: ({k: round(v, 2) for k, v in value.items()} if isinstance(value, dict) else value)
-       for key, value in row.items()})
+
+
+def network(images, first_conv):
+  """The quick-start CNN in eval mode, written out, with `first_conv` for its first layer."""
+  params, stats = variables['params'], variables['batch_stats']
+  h = images
+  for i, stride in enumerate((1, 2, 2)):
+    w = params[f'conv{i}']['kernel']
+    h = first_conv(h, w) if i == 0 else jax.lax.conv_general_dilated(
+        h, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    scale = params[f'bn{i}']['scale'] * jax.lax.rsqrt(stats[f'bn{i}']['var'] + 1e-5)
+    h = jax.nn.relu((h - stats[f'bn{i}']['mean']) * scale + params[f'bn{i}']['bias'])
+  head = params['Head_0']['head']
+  return h.mean((1, 2)) @ head['kernel'] + head['bias']
+
+
+whole = {}
+for name, fn in (('xla', convolve), ('xla_input_padded_to_8', pad8), ('im2col', im2col)):
+  logits = jax.jit(lambda images, fn=fn: network(images, fn))
+  np.testing.assert_allclose(logits(x), jax.jit(logits_fn)(x), atol=1e-4)
+  loss = lambda images, fn=fn: -jax.nn.log_softmax(network(images, fn))[jnp.arange(batch), y].sum()
+  whole[name] = {'forward': milliseconds(logits, x), 'forward_and_input_gradient': milliseconds(jax.jit(jax.grad(loss)), x)}
+row['network_ms_by_first_conv'] = whole
+rounded = lambda value: ({k: rounded(v) for k, v in value.items()} if isinstance(value, dict) else
+                         round(value, 2) if isinstance(value, float) else value)
+print(json.dumps(rounded(row)))
