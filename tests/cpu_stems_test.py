@@ -1,0 +1,77 @@
+"""Thin-input convolutions on padded channels (`cpu_stems`): the same logits and gradients, on the layers
+it is for, and every other layer left as written."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rpat_jax import cpu_stems, models
+
+
+class _Net(nn.Module):
+  """An RGB stem (with bias, stride 2, 'SAME'), a layer of 8 input channels, and a dense head."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(8, (3, 3), strides=2, padding='SAME', name='stem')(x))
+    x = nn.relu(nn.Conv(4, (3, 3), padding=1, use_bias=False, name='body')(x))
+    return nn.Dense(5, name='head')(x.mean((1, 2)))
+
+
+def _problem():
+  net = _Net()
+  x = jax.random.uniform(jax.random.key(0), (6, 12, 12, 3))
+  variables = net.init(jax.random.key(1), x)
+  return (lambda images: net.apply(variables, images)), x
+
+
+def _convolution_input_channels(fn, x):
+  """The input channel count of each convolution in fn's jaxpr."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'conv_general_dilated':
+        found.append(eqn.invars[0].aval.shape[-1])
+      for param in eqn.params.values():
+        inner = getattr(param, 'jaxpr', param)
+        if hasattr(inner, 'eqns'):
+          walk(inner)
+  walk(jax.make_jaxpr(fn)(x).jaxpr)
+  return found
+
+
+def test_the_rgb_stem_runs_on_padded_channels_with_the_same_logits_and_gradients():
+  logits_fn, x = _problem()
+  padded = cpu_stems.for_attacks(logits_fn)
+  assert _convolution_input_channels(logits_fn, x) == [3, 8]
+  assert _convolution_input_channels(padded, x) == [cpu_stems.MIN_CHANNELS, 8]  # Only the stem changed.
+  np.testing.assert_allclose(jax.jit(padded)(x), jax.jit(logits_fn)(x), rtol=1e-6, atol=1e-6)
+  loss = lambda fn: lambda images: jnp.sum(jax.nn.log_softmax(fn(images))[:, 0])
+  np.testing.assert_allclose(jax.jit(jax.grad(loss(padded)))(x), jax.jit(jax.grad(loss(logits_fn)))(x),
+                             rtol=1e-5, atol=1e-7)
+
+
+def test_functions_without_flax_convolutions_and_other_backends_are_left_alone(monkeypatch):
+  weights = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
+  plain = lambda images: jax.lax.conv_general_dilated(images, weights, (1, 1), 'SAME',
+                                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC')).mean((1, 2))
+  x = jnp.ones((2, 8, 8, 3))
+  assert _convolution_input_channels(cpu_stems.for_attacks(plain), x) == [3]  # Not a Flax layer: as written.
+  logits_fn, _ = _problem()
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert cpu_stems.for_attacks(logits_fn) is logits_fn
+
+
+@pytest.mark.parametrize('model', ['small_cnn', 'wide_resnet'])
+def test_the_models_stems_are_padded_and_agree(model):
+  fields = {'width': 8} if model == 'small_cnn' else {'depth': 10, 'widen_factor': 1}  # Tiny versions.
+  net = models.create_model(model, num_classes=10, **fields)
+  x = jax.random.uniform(jax.random.key(3), (2, 16, 16, 3))
+  variables = net.init(jax.random.key(4), x, train=False)
+  logits_fn = lambda images: net.apply(variables, images, train=False)
+  padded = cpu_stems.for_attacks(logits_fn)
+  assert _convolution_input_channels(padded, x)[0] == cpu_stems.MIN_CHANNELS
+  np.testing.assert_allclose(jax.jit(padded)(x), jax.jit(logits_fn)(x), rtol=1e-5, atol=1e-5)
