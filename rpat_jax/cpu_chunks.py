@@ -33,7 +33,7 @@ MAX_FLOPS_PER_BYTE = 500
 _TRACE_BATCH = 13
 
 
-def _walk(jaxpr, visit) -> None:
+def walk_equations(jaxpr, visit) -> None:
   """Calls visit(eqn) on every equation of jaxpr and of the programs nested in it."""
   for eqn in jaxpr.eqns:
     visit(eqn)
@@ -41,7 +41,7 @@ def _walk(jaxpr, visit) -> None:
       for sub in param if isinstance(param, (list, tuple)) else (param,):
         inner = getattr(sub, 'jaxpr', sub)
         if hasattr(inner, 'eqns'):
-          _walk(inner, visit)
+          walk_equations(inner, visit)
 
 
 def _forward_jaxpr(logits_fn: Callable, image_shape: Sequence[int]):
@@ -57,7 +57,7 @@ def _largest_activation_bytes(jaxpr) -> int:
       shape = getattr(var.aval, 'shape', ())
       if len(shape) >= 1 and shape[0] == _TRACE_BATCH and hasattr(var.aval, 'dtype'):
         largest[0] = max(largest[0], int(np.prod(shape[1:])) * np.dtype(var.aval.dtype).itemsize)
-  _walk(jaxpr, visit)
+  walk_equations(jaxpr, visit)
   return largest[0]
 
 
@@ -74,7 +74,7 @@ def _flops_per_image(jaxpr) -> float:
       (contracting, _), _ = eqn.params['dimension_numbers']
       lhs = eqn.invars[0].aval.shape
       total[0] += 2.0 * np.prod(out.shape) * np.prod([lhs[d] for d in contracting])
-  _walk(jaxpr, visit)
+  walk_equations(jaxpr, visit)
   return total[0] / _TRACE_BATCH
 
 

@@ -22,35 +22,32 @@ import jax.numpy as jnp
 MIN_CHANNELS = 8
 
 
-def _plain(module: nn.Conv) -> bool:
-  ones = lambda value: value is None or value == 1 or (not isinstance(value, int) and all(v == 1 for v in value))
-  padding = linear.canonicalize_padding(module.padding, 2)
-  return (module.shared_weights and module.feature_group_count == 1 and module.mask is None
-          and ones(module.input_dilation) and ones(module.kernel_dilation)
-          and module.conv_general_dilated is None and module.conv_general_dilated_cls is None
-          and padding not in ('CIRCULAR', 'REFLECT', 'CAUSAL'))
+def _ones(value) -> bool:
+  """Whether a dilation field means 1 on every axis (None, an int or a sequence)."""
+  return value is None or (value == 1 if isinstance(value, int) else all(v == 1 for v in value))
 
 
 def _pad_thin_inputs(next_fun, args, kwargs, context):
   """Method interceptor: a thin-input 2-D nn.Conv call computed on zero-padded channels."""
   module = context.module
   if (context.method_name != '__call__' or type(module) is not nn.Conv or kwargs or len(args) != 1
-      or getattr(args[0], 'ndim', 0) != 4 or args[0].shape[-1] >= MIN_CHANNELS or not _plain(module)
+      or getattr(args[0], 'ndim', 0) != 4 or args[0].shape[-1] >= MIN_CHANNELS
       or not module.has_variable('params', 'kernel')):
     return next_fun(*args, **kwargs)
-  inputs = args[0]
+  padding = linear.canonicalize_padding(module.padding, 2)
   kernel = module.get_variable('params', 'kernel')
+  if (not module.shared_weights or module.feature_group_count != 1 or module.mask is not None
+      or not _ones(module.input_dilation) or not _ones(module.kernel_dilation)
+      or module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None
+      or padding in ('CIRCULAR', 'REFLECT', 'CAUSAL') or kernel.shape[2] != args[0].shape[-1]):
+    return next_fun(*args, **kwargs)  # Anything but a plain convolution runs as written.
   bias = module.get_variable('params', 'bias') if module.use_bias else None
-  if kernel.shape[:2] != tuple(module.kernel_size if not isinstance(module.kernel_size, int)
-                               else (module.kernel_size,) * 2) or kernel.shape[2] != inputs.shape[-1]:
-    return next_fun(*args, **kwargs)
-  inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+  inputs, kernel, bias = module.promote_dtype(args[0], kernel, bias, dtype=module.dtype)
   extra = MIN_CHANNELS - inputs.shape[-1]
   strides = (module.strides,) * 2 if isinstance(module.strides, int) else tuple(module.strides or (1, 1))
   y = jax.lax.conv_general_dilated(
       jnp.pad(inputs, ((0, 0), (0, 0), (0, 0), (0, extra))), jnp.pad(kernel, ((0, 0), (0, 0), (0, extra), (0, 0))),
-      strides, linear.canonicalize_padding(module.padding, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      precision=module.precision)
+      strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=module.precision)
   return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 

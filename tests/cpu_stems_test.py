@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rpat_jax import cpu_stems, models
+from rpat_jax import cpu_chunks, cpu_stems, models
 
 
 class _Net(nn.Module):
@@ -31,15 +31,10 @@ def _convolution_input_channels(fn, x):
   """The input channel count of each convolution in fn's jaxpr."""
   found = []
 
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == 'conv_general_dilated':
-        found.append(eqn.invars[0].aval.shape[-1])
-      for param in eqn.params.values():
-        inner = getattr(param, 'jaxpr', param)
-        if hasattr(inner, 'eqns'):
-          walk(inner)
-  walk(jax.make_jaxpr(fn)(x).jaxpr)
+  def visit(eqn):
+    if eqn.primitive.name == 'conv_general_dilated':
+      found.append(eqn.invars[0].aval.shape[-1])
+  cpu_chunks.walk_equations(jax.make_jaxpr(fn)(x).jaxpr, visit)
   return found
 
 
