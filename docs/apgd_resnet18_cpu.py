@@ -1,12 +1,15 @@
 """APGD-CE on a standard CIFAR ResNet-18: ours against the official `pyautoattack` on the same CPU, weights
 and points, and what one of our APGD iterations costs against a jitted forward+backward pass.
 
-  python docs/apgd_resnet18_cpu.py [N=64] [EPS=0.5/255]   # needs requirements-test.txt; $TFDS_DIR: cifar10_jpeg
+  python docs/apgd_resnet18_cpu.py [N=64] [EPS=0.5/255] [REPEAT=1]   # needs requirements-test.txt; $TFDS_DIR: cifar10_jpeg
 
 The network is `resnet18` at its initial weights (seed 0), the points the first N CIFAR-10 (JPEG) test images
 when $TFDS_DIR holds them (else uniform noise), labelled with the network's own predictions, so every
 point is attacked. APGD-CE runs with the official hyperparameters (100 iterations, 1 restart), in one
-batch of N. Prints one JSON line (docs/benchmarks.md, issue 15).
+batch of N. After our first (compiling) call, ours and the official attack run alternately REPEAT times
+(the machine's speed drifts; alternating exposes both to the same drift); the seconds are the medians,
+and each run's seconds are listed. The gradient and iteration costs are timed on the network as written
+and as evaluation runs it (`cpu_convs.for_attacks`). Prints one JSON line (docs/benchmarks.md, issue 15).
 """
 import json
 import os
@@ -22,11 +25,13 @@ import torch  # pylint: disable=wrong-import-position
 from pyautoattack.autopgd_base import APGDAttack  # pylint: disable=wrong-import-position
 
 from configs import smoke  # pylint: disable=wrong-import-position
+from rpat_jax import cpu_convs  # pylint: disable=wrong-import-position
 from rpat_jax.autoattack import apgd, ensemble  # pylint: disable=wrong-import-position
 from rpat_jax.bench import eval_bench, torch_step  # pylint: disable=wrong-import-position
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 64
 eps = float(eval(sys.argv[2])) if len(sys.argv) > 2 else 0.5 / 255  # pylint: disable=eval-used
+repeat = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 torch.set_num_threads(2)
 config = smoke.get_config()
 config.model.name = 'resnet18'
@@ -47,12 +52,14 @@ def seconds(fn, repeat=3):
 
 
 xj, yj = jnp.asarray(x), jnp.asarray(y)
-gradient = jax.jit(lambda z: apgd.loss_and_grad(logits_fn, 'ce', yj, None, z))
-carry = jax.jit(lambda z: apgd.run_start(logits_fn, xj, yj, None, z, eps=eps, loss='ce'))(xj)
-iteration = jax.jit(lambda c, i: apgd.run_iteration(logits_fn, xj, yj, None, c, i, norm='Linf', eps=eps, loss='ce',
-                                                    n_iter=100))
-gradient_seconds = seconds(lambda: gradient(xj))
-iteration_seconds = seconds(lambda: iteration(carry, 5))
+costs = {}
+for form, fn in (('as written', logits_fn), ('as evaluated', cpu_convs.for_attacks(logits_fn))):
+  gradient = jax.jit(lambda z, f=fn: apgd.loss_and_grad(f, 'ce', yj, None, z))
+  carry = jax.jit(lambda z, f=fn: apgd.run_start(f, xj, yj, None, z, eps=eps, loss='ce'))(xj)
+  iteration = jax.jit(lambda c, i, f=fn: apgd.run_iteration(f, xj, yj, None, c, i, norm='Linf', eps=eps, loss='ce',
+                                                            n_iter=100))
+  costs[form] = {'jitted_forward_backward_seconds': round(seconds(lambda: gradient(xj)), 3),
+                 'apgd_iteration_seconds': round(seconds(lambda: iteration(carry, 5)), 3)}
 
 options = {'apgd-ce': {'n_iter': 100, 'n_restarts': 1}}
 run = lambda: ensemble.evaluate(logits_fn, x, y, eps=eps, version='custom', attacks=['apgd-ce'], batch_size=n,
@@ -60,24 +67,28 @@ run = lambda: ensemble.evaluate(logits_fn, x, y, eps=eps, version='custom', atta
 started = time.perf_counter()
 ours = run()
 ours_first = time.perf_counter() - started
-started = time.perf_counter()
-ours = run()
-ours_seconds = time.perf_counter() - started
 
 model = torch_step.build_model(config.model, 10, jax.device_get(variables), torch.device('cpu')).eval()
 xt = torch.as_tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 yt = torch.as_tensor(y.astype(np.int64))
 attack = APGDAttack(model, n_restarts=1, n_iter=100, eps=eps, norm='Linf', seed=0, loss='ce', device='cpu')
-started = time.perf_counter()
-x_official = attack.perturb(xt, yt)
-official_seconds = time.perf_counter() - started
+ours_runs, official_runs = [], []
+for _ in range(repeat):
+  started = time.perf_counter()
+  ours = run()
+  ours_runs.append(round(time.perf_counter() - started, 1))
+  started = time.perf_counter()
+  x_official = attack.perturb(xt, yt)
+  official_runs.append(round(time.perf_counter() - started, 1))
+ours_seconds, official_seconds = float(np.median(ours_runs)), float(np.median(official_runs))
 robust_official = np.asarray(logits_fn(np.ascontiguousarray(x_official.detach().numpy().transpose(0, 2, 3, 1)))).argmax(1) == y
 print(json.dumps({
     'model': 'resnet18', 'weights': weights, 'points': points, 'n': n, 'eps': eps,
-    'jitted_forward_backward_seconds': round(gradient_seconds, 3), 'apgd_iteration_seconds': round(iteration_seconds, 3),
-    'iteration_over_gradient': round(iteration_seconds / gradient_seconds, 2),
+    'costs': costs, 'iteration_as_evaluated_over_gradient_as_written': round(
+        costs['as evaluated']['apgd_iteration_seconds'] / costs['as written']['jitted_forward_backward_seconds'], 2),
     'ours_seconds': round(ours_seconds, 1), 'ours_seconds_first_call': round(ours_first, 1),
-    'official_seconds': round(official_seconds, 1), 'speedup': round(official_seconds / ours_seconds, 2),
+    'official_seconds': round(official_seconds, 1), 'ours_runs': ours_runs, 'official_runs': official_runs,
+    'speedup': round(official_seconds / ours_seconds, 2),
     'ours_robust': ours['robust_acc'], 'official_robust': float(robust_official.mean()),
     'agreement': float((robust_official == ours['robust']).mean()),
     'ours_images_per_point': ours['evaluations']['per_point']}))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpat_jax import cpu_chunks
-from rpat_jax import cpu_stems
+from rpat_jax import cpu_convs
 from rpat_jax import parallel
 from rpat_jax import paths
 from rpat_jax.autoattack import checks, compacted
@@ -226,7 +226,7 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   if x.ndim != 4 or len(x) != len(y) or x.min() < 0 or x.max() > 1:
     raise ValueError(f'x must be [N, H, W, C] in [0, 1] with one label each; got {x.shape}, {y.shape}')
   started = time.time()
-  logits_fn = cpu_stems.for_attacks(logits_fn)  # On a CPU: an RGB input's convolution on padded channels.
+  logits_fn = cpu_convs.for_attacks(logits_fn)  # On a CPU: convolutions in XLA:CPU's fast forms.
   # Chunks are split over every device of every process; results come back replicated to each.
   engine = compacted.Engine(logits_fn, parallel.make_mesh(), batch_size)
   gradient_logits_fn = cpu_chunks.for_gradients(logits_fn, engine.devices)

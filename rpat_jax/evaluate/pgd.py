@@ -10,7 +10,7 @@ import numpy as np
 
 from rpat_jax import attacks
 from rpat_jax import cpu_chunks
-from rpat_jax import cpu_stems
+from rpat_jax import cpu_convs
 from rpat_jax import parallel
 from rpat_jax.autoattack import losses
 
@@ -33,7 +33,7 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
   key = jax.random.key(seed)
   norm, eps, step_size = attack_config.norm, attack_config.eps, attack_config.step_size
   mesh = parallel.make_mesh()
-  logits_fn = cpu_stems.for_attacks(logits_fn)  # On a CPU: an RGB input's convolution on padded channels.
+  logits_fn = cpu_convs.for_attacks(logits_fn)  # On a CPU: convolutions in XLA:CPU's fast forms.
   gradient_logits_fn = cpu_chunks.for_gradients(logits_fn, mesh.size)
 
   # The steps are called from the host, one program each: on XLA:CPU a gradient inside a `lax` loop body

@@ -1,11 +1,13 @@
-"""Standard AutoAttack on the quick-start model with and without `cpu_stems` (RGB stems on padded channels).
+"""Standard AutoAttack on the quick-start model with and without `cpu_convs` (RGB stems on padded channels,
+stride-2 input gradients in phases).
 
-  python docs/cpu_stems_cpu.py [WORKDIR=/tmp/rpat_smoke_bench] padded plain padded plain padded
+  python docs/cpu_convs_cpu.py [WORKDIR=/tmp/rpat_smoke_bench] fast padded plain fast padded plain
 
 WORKDIR is a quick-start run (`python -m rpat_jax.main --config=configs/smoke.py --workdir=WORKDIR`); the
 points are its first 256 synthetic test images, Linf 8/255, one batch of 256, as the benchmark's eval row.
-Runs our AutoAttack once per word, in that order ('plain' replaces `cpu_stems.for_attacks` by the
-identity: the code before it); each run compiles its own programs, so the runs compare like with like.
+Runs our AutoAttack once per word, in that order: 'fast' as shipped, 'padded' with XLA's stride-2
+convolutions instead of the phases (the code before them), 'plain' with `cpu_convs.for_attacks` the
+identity (before both); each run compiles its own programs, so the runs compare like with like.
 Prints per run: seconds, each attack's seconds from the ensemble's log, and the robust points
 (docs/benchmarks.md).
 """
@@ -16,25 +18,29 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT]
+from jax import lax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from configs import smoke  # pylint: disable=wrong-import-position
-from rpat_jax import autoattack, cpu_stems  # pylint: disable=wrong-import-position
+from rpat_jax import autoattack, cpu_convs, phase_conv  # pylint: disable=wrong-import-position
 from rpat_jax.bench import eval_bench  # pylint: disable=wrong-import-position
 
 words = sys.argv[1:]
 workdir = '/tmp/rpat_smoke_bench'
-if words and words[0] not in ('padded', 'plain'):
+if words and words[0] not in ('fast', 'padded', 'plain'):
   workdir, words = words[0], words[1:]
 config = smoke.get_config()
 x, labels, _ = eval_bench._points(config, 256, 32, 10)  # pylint: disable=protected-access
 forward, variables, _ = eval_bench._variables(config, workdir, 'last', 10, x.shape[1:])  # pylint: disable=protected-access
 y = np.asarray(labels).astype(np.int32)
-padded = cpu_stems.for_attacks
+fast, phases = cpu_convs.for_attacks, phase_conv.conv_stride2
+xla_stride2 = lambda inputs, kernel, padding, precision=None: lax.conv_general_dilated(
+    inputs, kernel, (2, 2), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
 
-for word in words or ['padded', 'plain']:
-  cpu_stems.for_attacks = padded if word == 'padded' else (lambda fn: fn)
+for word in words or ['fast', 'padded', 'plain']:
+  cpu_convs.for_attacks = (lambda fn: fn) if word == 'plain' else fast
+  phase_conv.conv_stride2 = xla_stride2 if word == 'padded' else phases
   logits_fn = lambda images: forward.eval_logits(variables['params'], variables['batch_stats'], images).astype(jnp.float32)
   parts = {}
 
