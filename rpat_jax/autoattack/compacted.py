@@ -26,14 +26,13 @@ is in eval mode).
 the benchmark compares with the official code's.
 """
 
-import functools
 from typing import Callable, Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rpat_jax import parallel
+from rpat_jax import hoisted_jit, parallel
 from rpat_jax.attacks import point_keys
 from rpat_jax.autoattack import apgd, fab, square
 
@@ -63,7 +62,7 @@ class Engine:
   def __init__(self, logits_fn: Callable, mesh, batch_size: int):
     self.mesh, self.batch_size, self.devices = mesh, batch_size, mesh.size
     self.counts = {'forward': 0, 'backward': 0}
-    self._logits = jax.jit(logits_fn, out_shardings=parallel.replicated(mesh))
+    self._logits = hoisted_jit.jit(logits_fn, out_shardings=parallel.replicated(mesh))
     self._replicate = jax.jit(lambda tree: tree, out_shardings=parallel.replicated(mesh))
 
   def bucket(self, count: int) -> int:
@@ -148,14 +147,14 @@ def make_apgd(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, los
   targeted = loss == 'dlr-targeted'
   runs = n_restarts * (n_target_classes if targeted else 1)
 
-  @jax.jit
+  @hoisted_jit.jit
   def start(consts, run):
     keys = jax.vmap(lambda k: jax.random.fold_in(k, run))(point_keys(key, consts['index']))
     x = consts['x']
     x_start = apgd.start_point(x, apgd.draw_noise(keys, x.shape[1:], norm=norm), norm=norm, eps=eps)
     return apgd.run_start(logits_fn, x, consts['y'], consts.get('target'), x_start, eps=eps, loss=loss)
 
-  @jax.jit
+  @hoisted_jit.jit
   def iterate(consts, carry, i):
     return apgd.run_iteration(logits_fn, consts['x'], consts['y'], consts.get('target'), carry, i, norm=norm,
                               eps=eps, loss=loss, n_iter=n_iter, rho=rho)
@@ -222,7 +221,7 @@ def make_fab(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, targ
     x = consts['x']
     return x.reshape(x.shape[0], -1), lambda v: logits_fn(v.reshape(x.shape))
 
-  @jax.jit
+  @hoisted_jit.jit
   def start(consts, run):
     x0, _ = flat_problem(consts)
     if targeted or n_restarts == 1:
@@ -235,7 +234,7 @@ def make_fab(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, targ
 
   # The linearisation and the rest of a step are two programs: on XLA:CPU one program holding both the
   # gradient and the forward pass ran 1.5x slower than the two (small CNN, batch 96: 77 ms against 50 ms).
-  @jax.jit
+  @hoisted_jit.jit
   def linearise(consts, carry):
     x0, flat_logits = flat_problem(consts)
     y = consts['y']
@@ -243,7 +242,7 @@ def make_fab(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, targ
           fab.closest_class_linearisation(flat_logits, y, fab.DUAL_NORMS[norm]))
     return fn(carry['x1'])
 
-  @jax.jit
+  @hoisted_jit.jit
   def move(consts, carry, f, grad):
     x0, flat_logits = flat_problem(consts)
     x1, adv, best = fab.fab_move(flat_logits, x0, consts['y'], (carry['x1'], carry['adv'], carry['best']), f,
@@ -316,7 +315,7 @@ def make_square(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, n
   Returns attack(engine, x, y, indices) -> (x_adv, 0): x_adv is the lowest-margin image where it is
   misclassified, x elsewhere. Point i's draws come from fold_in(key, indices[i]).
   """
-  @jax.jit
+  @hoisted_jit.jit
   def start(consts):
     start_keys, _ = square.split_keys(point_keys(key, consts['index']))
     everyone = jnp.ones(consts['y'].shape, bool)  # A group holds clean-correct points only.
@@ -327,7 +326,7 @@ def make_square(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, n
   # Square's queries are forward passes only, and those ran faster as a `lax` loop than called one by one
   # (small CNN, 64 points: 4.0 ms against 5.6 ms per query; docs/benchmarks.md): the host calls blocks of
   # `check_every` queries, and compacts between blocks.
-  @functools.partial(jax.jit, static_argnames='length')
+  @hoisted_jit.jit(static_argnames=('length',))
   def block(consts, carry, first, length):
     _, loop_keys = square.split_keys(point_keys(key, consts['index']))
     everyone = jnp.ones(consts['y'].shape, bool)  # A group holds clean-correct points only.

@@ -11,6 +11,7 @@ import numpy as np
 from rpat_jax import attacks
 from rpat_jax import cpu_chunks
 from rpat_jax import cpu_convs
+from rpat_jax import hoisted_jit
 from rpat_jax import parallel
 from rpat_jax.autoattack import losses
 
@@ -42,12 +43,12 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
   def start(xb, first):
     return attacks.random_start(attacks.point_keys(key, first + jnp.arange(xb.shape[0])), xb, norm=norm, eps=eps)
 
-  @functools.partial(jax.jit, static_argnames='loss')
+  @hoisted_jit.jit(static_argnames=('loss',))
   def step(xb, yb, delta, loss):
     return attacks.pgd_step(gradient_logits_fn, xb, yb, delta, norm=norm, eps=eps, step_size=step_size,
                             loss_fn=LOSSES[loss])
 
-  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  @hoisted_jit.jit(out_shardings=parallel.replicated(mesh))
   def still_correct(xb, yb, delta):
     return jnp.argmax(logits_fn(jnp.clip(xb + delta, 0.0, 1.0)), -1) == yb
 
@@ -71,7 +72,8 @@ def accuracies(logits_fn, x, y, attack_config, *, batch_size: int, seed: int):
   batch_size: points per call, split over every device (a multiple of the device count).
   """
   mesh = parallel.make_mesh()
-  clean = jax.jit(lambda xb, yb, start: jnp.argmax(logits_fn(xb), -1) == yb, out_shardings=parallel.replicated(mesh))
+  clean = hoisted_jit.jit(lambda xb, yb, start: jnp.argmax(logits_fn(xb), -1) == yb,
+                          out_shardings=parallel.replicated(mesh))
   robust = make_robustness(logits_fn, attack_config, seed=seed)
   return (float(parallel.per_point(clean, x, y, batch_size, mesh).mean()),
           float(robust(x, y, batch_size, 'ce').mean()), float(robust(x, y, batch_size, 'cw').mean()))

@@ -1,0 +1,47 @@
+"""`hoisted_jit.jit`: jax.jit's results, with the closed-over arrays passed as arguments, not embedded."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rpat_jax import hoisted_jit
+
+
+def _model(seed):
+  weights = {'w': jax.random.normal(jax.random.key(seed), (64, 64)), 'b': np.full((64,), 0.5, np.float32)}
+  return lambda x: jnp.tanh(x @ weights['w'] + weights['b'])
+
+
+def test_same_results_as_jax_jit_with_pytrees_keywords_and_static_arguments():
+  logits_fn, traces = _model(0), []
+
+  def step(state, x, *, scale, loss):
+    traces.append(loss)
+    value, grad = jax.value_and_grad(lambda z: jnp.sum(logits_fn(z) ** 2) * (2.0 if loss == 'double' else 1.0))(x)
+    return {'value': value + state['count'], 'grad': grad * scale}
+  hoisted = hoisted_jit.jit(step, static_argnames=('loss',), min_bytes=0)
+  plain = jax.jit(step, static_argnames=('loss',))
+  x = jax.random.uniform(jax.random.key(1), (8, 64))
+  for loss in ('single', 'double', 'single'):
+    got = hoisted({'count': jnp.int32(3)}, x, scale=0.5, loss=loss)
+    want = plain({'count': jnp.int32(3)}, x, scale=0.5, loss=loss)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+  hoisted({'count': jnp.int32(4)}, x + 1, scale=0.25, loss='single')  # New values, same signature.
+  assert traces.count('single') == 2 and traces.count('double') == 2  # One trace per signature, each side.
+  hoisted({'count': jnp.int32(4)}, x[:4], scale=0.25, loss='single')  # A new shape: traced again.
+  assert traces.count('single') == 3
+
+
+def test_the_weights_are_arguments_not_constants_of_the_program():
+  x = jnp.ones((2, 64))
+  embedded = jax.jit(_model(0)).lower(x).as_text()
+  hoisted = hoisted_jit.jit(_model(0), min_bytes=0).lower(x).as_text()
+  assert len(embedded) > 64 * 64 * 4  # jax.jit writes the 64x64 weights into the program...
+  assert len(hoisted) < 4000  # ...the hoisted program takes them as arguments.
+  # Two models of the same shapes are one program: the same text, different results.
+  assert hoisted_jit.jit(_model(1), min_bytes=0).lower(x).as_text() == hoisted
+  assert not np.allclose(hoisted_jit.jit(_model(0), min_bytes=0)(x), hoisted_jit.jit(_model(1), min_bytes=0)(x))
+  # Below min_bytes (the 16.6 KB here) the weights stay constants, as jax.jit has them.
+  small = hoisted_jit.jit(_model(0), min_bytes=64 * 65 * 4 + 1)
+  np.testing.assert_allclose(small(x), jax.jit(_model(0))(x))
+  assert small.lower(x).as_text() == embedded
