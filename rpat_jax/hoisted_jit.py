@@ -4,13 +4,13 @@ passed to the executable as arguments instead of embedded in it as constants.
 The attacks take a `logits_fn` that closes over the weights. Under `jax.jit` those arrays become constants
 of the compiled program: ResNet-18's input-gradient program carried 89 MB of HLO text and compiled in
 3.1-3.3 s, against 0.1 MB and 1.4-1.7 s with the weights as arguments (`docs/hoisted_jit_cpu.py`,
-docs/benchmarks.md), and every AutoAttack bucket compiles several such programs. Small weights (under
-MIN_BYTES) stay embedded: XLA folds their transforms and compiled such programs faster. As arguments, programs
-of the same shapes are the same program whatever the weights, so JAX's persistent compilation cache also
-serves the next checkpoint of a run.
+docs/benchmarks.md), and every AutoAttack bucket compiles several such programs. As arguments, programs
+of the same shapes are the same program whatever the weights, so a persistent compilation cache, where one
+is configured, can serve the next checkpoint too. Small weights (under MIN_BYTES) stay embedded: XLA
+folds their transforms, and such programs compiled faster.
 
-Each new signature (the arguments' tree, shapes and dtypes, and the static arguments) is traced once to
-a jaxpr; its constants are the closed-over arrays, and the jaxpr is compiled as a function of them.
+Each new signature (the arguments' tree, shapes, dtypes and shardings, and the static arguments) is traced
+once to a jaxpr; its constants are the closed-over arrays, and the jaxpr is compiled as a function of them.
 """
 
 import functools
@@ -27,12 +27,13 @@ MIN_BYTES = 4 << 20
 
 
 def _signature(flat, tree, static):
-  return tree, tuple(jax.typeof(leaf) for leaf in flat), static
+  placement = lambda leaf: leaf.sharding if isinstance(leaf, jax.Array) else None
+  return tree, tuple((jax.typeof(leaf), placement(leaf)) for leaf in flat), static
 
 
 def _placed(consts, flat):
   """consts, replicated over the mesh of the first mesh-sharded argument (if any), where not already."""
-  consts = [jax.device_put(c) if isinstance(c, np.ndarray) else c for c in consts]  # Moved once, not per call.
+  consts = [jax.device_put(c) if isinstance(c, np.ndarray) else c for c in consts]  # Once, not per call.
   sharding = next((leaf.sharding for leaf in flat
                    if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, NamedSharding)), None)
   if sharding is None:

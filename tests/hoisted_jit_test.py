@@ -17,7 +17,8 @@ def test_same_results_as_jax_jit_with_pytrees_keywords_and_static_arguments():
 
   def step(state, x, *, scale, loss):
     traces.append(loss)
-    value, grad = jax.value_and_grad(lambda z: jnp.sum(logits_fn(z) ** 2) * (2.0 if loss == 'double' else 1.0))(x)
+    weight = 2.0 if loss == 'double' else 1.0
+    value, grad = jax.value_and_grad(lambda z: jnp.sum(logits_fn(z) ** 2) * weight)(x)
     return {'value': value + state['count'], 'grad': grad * scale}
   hoisted = hoisted_jit.jit(step, static_argnames=('loss',), min_bytes=0)
   plain = jax.jit(step, static_argnames=('loss',))
@@ -40,7 +41,8 @@ def test_the_weights_are_arguments_not_constants_of_the_program():
   assert len(hoisted) < 4000  # ...the hoisted program takes them as arguments.
   # Two models of the same shapes are one program: the same text, different results.
   assert hoisted_jit.jit(_model(1), min_bytes=0).lower(x).as_text() == hoisted
-  assert not np.allclose(hoisted_jit.jit(_model(0), min_bytes=0)(x), hoisted_jit.jit(_model(1), min_bytes=0)(x))
+  outputs = [hoisted_jit.jit(_model(seed), min_bytes=0)(x) for seed in (0, 1)]
+  assert not np.allclose(*outputs)
   # Below min_bytes (the 16.6 KB here) the weights stay constants, as jax.jit has them.
   small = hoisted_jit.jit(_model(0), min_bytes=64 * 65 * 4 + 1)
   np.testing.assert_allclose(small(x), jax.jit(_model(0))(x))
