@@ -7,7 +7,7 @@ layer alone took 4.0 ms at batch 64 against PyTorch's 0.6 ms, and the same layer
 channels (zeros, with zero kernel rows) made the whole network's forward pass 19% faster and its forward
 pass with the input gradient 16% faster (`docs/square_forward_cpu.py`). XLA's input gradient of a stride-2
 convolution is a convolution over a zero-dilated gradient, slow on XLA:CPU; in phases the input gradient
-of ResNet-18 was 6-10% faster and the quick-start CNN's 20-30% (`docs/phase_conv_cpu.py`; both in
+of ResNet-18 was 11-18% faster and the quick-start CNN's 15-38% (`docs/phase_conv_cpu.py`; both in
 docs/benchmarks.md). Padded channels add exact zeros to every sum and the phases sum the same terms, so
 only the order of float additions may change.
 

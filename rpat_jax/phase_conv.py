@@ -2,8 +2,9 @@
 
 The input gradient of a stride-2 convolution is a transposed convolution. XLA computes it as a
 convolution over the output gradient dilated with zeros (`lhs_dilation=2`), and XLA:CPU runs that form
-slowly: on this project's 2-core CPU the input gradient of ResNet-18's first stride-2 layer (batch 64,
-32x32x64 -> 128) took 62 ms against 28 ms in phases (`docs/phase_conv_cpu.py`, docs/benchmarks.md).
+slowly: on this project's 2-core CPU ResNet-18's first stride-2 layer (batch 64, 32x32x64 -> 128), its
+forward pass and input gradient, took 44 ms against 27 ms in phases (`docs/phase_conv_cpu.py`,
+docs/benchmarks.md).
 Every input pixel of one parity (row mod 2, column mod 2) takes the output gradient through the same
 kernel taps, so each of the four parities is a plain stride-1 convolution of the output gradient with
 those taps, and the four results interleave into the input gradient. The sums are the same terms; only
