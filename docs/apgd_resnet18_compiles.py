@@ -3,8 +3,8 @@ JAX logs during `ensemble.evaluate`, and the ensemble's own log lines with secon
 
   python docs/apgd_resnet18_compiles.py [N=64]   # $TFDS_DIR: cifar10_jpeg (else uniform noise)
 
-The network, points and attack are `docs/apgd_resnet18_cpu.py`'s (initial weights, Linf 0.5/255, 100
-iterations, 1 restart, one batch of N). Prints the logged lines, then the seconds in compiles of 0.1 s or
+The network and points are `docs/apgd_resnet18_cpu.py`'s (its `problem`: initial weights, own predictions
+as labels), the attack too (Linf 0.5/255, 100 iterations, 1 restart, one batch of N). Prints the logged lines, then the seconds in compiles of 0.1 s or
 more and the total (docs/benchmarks.md).
 """
 import logging
@@ -16,22 +16,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT]
 import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
 
-from configs import smoke  # pylint: disable=wrong-import-position
+from apgd_resnet18_cpu import problem  # pylint: disable=wrong-import-position
 from rpat_jax.autoattack import ensemble  # pylint: disable=wrong-import-position
-from rpat_jax.bench import eval_bench  # pylint: disable=wrong-import-position
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-config = smoke.get_config()
-config.model.name = 'resnet18'
-if os.environ.get('TFDS_DIR'):
-  config.data.name, config.data.data_dir = 'cifar10_jpeg', os.environ['TFDS_DIR']
-x, _, _ = eval_bench._points(config, n, 32, 10)  # pylint: disable=protected-access
-forward, variables, _ = eval_bench._variables(config, None, 'last', 10, x.shape[1:])  # pylint: disable=protected-access
-logits_fn = lambda images: forward.eval_logits(variables['params'], variables['batch_stats'], images).astype(jnp.float32)
-y = np.asarray(jax.jit(logits_fn)(x)).argmax(1).astype(np.int32)
+_, x, y, _, _, _, logits_fn = problem(n)
 
 started = time.perf_counter()
 compiles = []

@@ -18,11 +18,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT]
-from jax import lax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from configs import smoke  # pylint: disable=wrong-import-position
+from phase_conv_cpu import xla_stride2  # pylint: disable=wrong-import-position
 from rpat_jax import autoattack, cpu_convs, phase_conv  # pylint: disable=wrong-import-position
 from rpat_jax.bench import eval_bench  # pylint: disable=wrong-import-position
 
@@ -35,8 +35,6 @@ x, labels, _ = eval_bench._points(config, 256, 32, 10)  # pylint: disable=protec
 forward, variables, _ = eval_bench._variables(config, workdir, 'last', 10, x.shape[1:])  # pylint: disable=protected-access
 y = np.asarray(labels).astype(np.int32)
 fast, phases = cpu_convs.for_attacks, phase_conv.conv_stride2
-xla_stride2 = lambda inputs, kernel, padding, precision=None: lax.conv_general_dilated(
-    inputs, kernel, (2, 2), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
 
 for word in words or ['fast', 'padded', 'plain']:
   cpu_convs.for_attacks = (lambda fn: fn) if word == 'plain' else fast

@@ -60,6 +60,8 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
   def program(args, kwargs):
     """(the jitted function of (consts, *leaves), consts, leaves, output tree) for these arguments; None
     where fn's closed-over arrays are too small to hoist."""
+    if hoisting == [False]:
+      return None
     kwargs = dict(kwargs)
     static = tuple(sorted((name, kwargs.pop(name)) for name in static_argnames if name in kwargs))
     flat, tree = jax.tree.flatten((args, kwargs))
@@ -80,7 +82,7 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
 
   @functools.wraps(fn)
   def call(*args, **kwargs):
-    found = None if hoisting == [False] else program(args, kwargs)
+    found = program(args, kwargs)
     if found is None:
       return plain(*args, **kwargs)
     run, consts, flat, out_tree = found
@@ -88,7 +90,7 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
 
   def lower(*args, **kwargs):
     """The jax.stages.Lowered program that `call(*args, **kwargs)` runs."""
-    found = None if hoisting == [False] else program(args, kwargs)
+    found = program(args, kwargs)
     if found is None:
       return plain.lower(*args, **kwargs)
     run, consts, flat, _ = found
