@@ -26,8 +26,17 @@ from jax.sharding import NamedSharding, PartitionSpec
 MIN_BYTES = 4 << 20
 
 
+def _placement(leaf):
+  """What of a leaf's sharding a program depends on: the device alone when it spans one (a 1-device mesh's
+  P('data') and P() are the same placement), else the sharding."""
+  if not isinstance(leaf, jax.Array):
+    return None
+  devices = leaf.sharding.device_set
+  return next(iter(devices)) if len(devices) == 1 else leaf.sharding
+
+
 def _signature(flat, tree, static):
-  placement = lambda leaf: leaf.sharding if isinstance(leaf, jax.Array) else None
+  placement = _placement
   return tree, tuple((jax.typeof(leaf), placement(leaf)) for leaf in flat), static
 
 
@@ -47,7 +56,8 @@ def _placed(consts, flat):
 def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: int = MIN_BYTES,
         **jit_kwargs) -> Callable:
   """jax.jit(fn, static_argnames=..., **jit_kwargs), with fn's closed-over arrays as arguments when they
-  hold at least min_bytes (decided at the first call; below it, plain jax.jit).
+  hold at least min_bytes (decided at the first call; below it, plain jax.jit for every later signature).
+  Each signature is traced once.
 
   Static arguments are passed by keyword. Usable as a decorator, with or without arguments.
   """
@@ -59,24 +69,27 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
 
   def program(args, kwargs):
     """(the jitted function of (consts, *leaves), consts, leaves, output tree) for these arguments; None
-    where fn's closed-over arrays are too small to hoist."""
-    if hoisting == [False]:
-      return None
+    where fn's closed-over arrays are too small to hoist and plain jax.jit runs this signature."""
     kwargs = dict(kwargs)
     static = tuple(sorted((name, kwargs.pop(name)) for name in static_argnames if name in kwargs))
     flat, tree = jax.tree.flatten((args, kwargs))
     signature = _signature(flat, tree, static)
     if signature not in programs:
+      if hoisting == [False]:
+        return None
       def flat_fn(*leaves):
         inner_args, inner_kwargs = jax.tree.unflatten(tree, leaves)
         return fn(*inner_args, **inner_kwargs, **dict(static))
       closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*flat)
       if not hoisting:
         hoisting.append(sum(int(getattr(c, 'nbytes', 0)) for c in closed.consts) >= min_bytes)
-      if not hoisting[0]:
-        return None
-      run = jax.jit(lambda consts, *leaves: jax.core.eval_jaxpr(closed.jaxpr, consts, *leaves), **jit_kwargs)
-      programs[signature] = (run, _placed(closed.consts, flat), jax.tree.structure(out_shape))
+      if hoisting[0]:
+        run = jax.jit(lambda consts, *leaves: jax.core.eval_jaxpr(closed.jaxpr, consts, *leaves), **jit_kwargs)
+        programs[signature] = (run, _placed(closed.consts, flat), jax.tree.structure(out_shape))
+      else:  # The trace that found the weights small, compiled with them embedded (as plain jax.jit would).
+        run = jax.jit(lambda consts, *leaves: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves),
+                      **jit_kwargs)
+        programs[signature] = (run, [], jax.tree.structure(out_shape))
     run, consts, out_tree = programs[signature]
     return run, consts, flat, out_tree
 

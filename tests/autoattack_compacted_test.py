@@ -83,6 +83,26 @@ def test_apgd_counts_every_image_of_every_call(problem):
   np.testing.assert_array_equal(x_adv, x)
 
 
+@pytest.mark.parametrize('weights', ['embedded', 'as arguments'])
+def test_apgd_compiles_one_gradient_program_per_bucket(problem, weights):
+  """A run's start and its iterations are one program, whether the weights are embedded in it or passed
+  as arguments (`hoisted_jit`, which an unused 4 MiB array closed over triggers here): the network is
+  traced once at the bucket's size, for the start, the iterations and a second run alike."""
+  logits_fn, x, y = problem
+  padding = jnp.zeros((1 << 20,), jnp.float32) if weights == 'as arguments' else None
+  traced = []
+
+  def counted(images):
+    traced.append(images.shape[0])
+    logits = logits_fn(images)
+    return logits if padding is None else logits + padding[0]
+  engine = _engine(counted, 100)
+  attack = compacted.make_apgd(counted, jax.random.key(0), norm='Linf', eps=1e-6, loss='ce', n_iter=12,
+                               n_restarts=2, check_every=5)
+  attack(engine, x, y, np.arange(len(x)))
+  assert traced.count(96) == 1, traced  # 90 clean-correct points: the bucket of 96.
+
+
 @pytest.mark.xla_optimized  # The lax functions' loops.
 def test_fab_t_and_fab_fool_the_points_the_lax_functions_fool(problem):
   logits_fn, x, y = problem

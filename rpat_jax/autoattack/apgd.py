@@ -7,7 +7,8 @@ the iterations a `lax.fori_loop`, restarts and targets a second `lax` loop with 
 in one run is not attacked again: its adversarial is that of the first successful run), and the
 random start drawn from the point's own key, so a point's result does not depend on its batch.
 One iteration is `run_iteration` (the start `run_start`): `apgd` loops over it in `lax`, and
-`compacted.make_apgd`, what the ensemble runs, calls it from the host on the points still robust.
+`compacted.make_apgd`, what the ensemble runs, calls their parts (`propose`, `loss_and_grad`, `update`,
+`start_carry`) as one program from the host on the points still robust.
 
 Images are NHWC float32 in [0, 1]; eps is in the same units (8/255, not 8).
 """
@@ -96,13 +97,12 @@ CARRY = ('x_adv', 'x_old', 'grad', 'grad_best', 'x_best', 'x_best_adv', 'loss_be
          'loss_prev', 'increases', 'reduced_last', 'loss_best_last', 'zero_grad')
 
 
-def run_start(logits_fn: LogitsFn, x, y, targets, x_start, *, eps: float, loss: str) -> Dict[str, jax.Array]:
-  """The carry of a run before its first iteration: the loss and gradient at x_start (one gradient pass).
+def start_carry(x_start, loss0, correct0, grad0, *, eps: float) -> Dict[str, jax.Array]:
+  """The carry of a run before its first iteration, from the loss, correctness and gradient at x_start.
 
   zero_grad [B] marks a zero gradient at the start.
   """
-  loss0, correct0, grad0 = loss_and_grad(logits_fn, loss, y, targets, x_start)
-  step0 = jnp.full((x.shape[0],) + (1,) * (x.ndim - 1), 2.0 * eps, jnp.float32)
+  step0 = jnp.full((x_start.shape[0],) + (1,) * (x_start.ndim - 1), 2.0 * eps, jnp.float32)
   zero_grad = jnp.sum(jnp.abs(grad0).reshape(grad0.shape[0], -1), axis=1) == 0
   # The official loss history is a zero-filled buffer: the first comparison is against 0.0.
   return dict(zip(CARRY, (x_start, x_start, grad0, grad0, x_start, x_start, loss0, correct0, step0,
@@ -110,19 +110,36 @@ def run_start(logits_fn: LogitsFn, x, y, targets, x_start, *, eps: float, loss: 
                           loss0, zero_grad)))
 
 
-def run_iteration(logits_fn: LogitsFn, x, y, targets, carry: Dict[str, jax.Array], i, *, norm: str, eps: float,
-                  loss: str, n_iter: int, rho: float = 0.75) -> Dict[str, jax.Array]:
-  """Iteration i (0-based, may be traced) of a run: one gradient pass per point."""
-  is_checkpoint, windows = (jnp.asarray(a) for a in checkpoint_schedule(n_iter))
-  direction = jnp.sign if norm == 'Linf' else (lambda g: normalize(g, 'L2'))
-  c = dict(carry)
-  momentum = c['x_adv'] - c['x_old']
-  c['x_old'] = c['x_adv']
-  a = jnp.where(i > 0, 0.75, 1.0)
-  z = project(x, c['x_adv'] + c['step'] * direction(c['grad']), norm=norm, eps=eps)
-  x_adv = project(x, c['x_adv'] + (z - c['x_adv']) * a + momentum * (1 - a), norm=norm, eps=eps)
+def carry_shapes(image_shape) -> Dict[str, jax.ShapeDtypeStruct]:
+  """The shapes and dtypes of a carry for images of image_shape [B, H, W, C] (nothing is computed)."""
+  batch = jax.ShapeDtypeStruct(image_shape[:1], jnp.float32)
+  images = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32)
+  correct = jax.ShapeDtypeStruct(image_shape[:1], jnp.bool_)
+  return jax.eval_shape(lambda *args: start_carry(*args, eps=1.0), images, batch, correct, images)
 
-  loss_i, correct_i, grad = loss_and_grad(logits_fn, loss, y, targets, x_adv)
+
+def run_start(logits_fn: LogitsFn, x, y, targets, x_start, *, eps: float, loss: str) -> Dict[str, jax.Array]:
+  """The carry of a run before its first iteration: the loss and gradient at x_start (one gradient pass)."""
+  del x
+  return start_carry(x_start, *loss_and_grad(logits_fn, loss, y, targets, x_start), eps=eps)
+
+
+def propose(x, carry: Dict[str, jax.Array], i, *, norm: str, eps: float) -> jax.Array:
+  """Iteration i's new iterate: a step along the gradient's direction, then momentum, each projected."""
+  direction = jnp.sign if norm == 'Linf' else (lambda g: normalize(g, 'L2'))
+  momentum = carry['x_adv'] - carry['x_old']
+  a = jnp.where(i > 0, 0.75, 1.0)
+  z = project(x, carry['x_adv'] + carry['step'] * direction(carry['grad']), norm=norm, eps=eps)
+  return project(x, carry['x_adv'] + (z - carry['x_adv']) * a + momentum * (1 - a), norm=norm, eps=eps)
+
+
+def update(carry: Dict[str, jax.Array], x_adv, loss_i, correct_i, grad, i, *, n_iter: int,
+           rho: float = 0.75) -> Dict[str, jax.Array]:
+  """The carry after iteration i (0-based, may be traced), given its iterate x_adv and the loss,
+  correctness and gradient there."""
+  is_checkpoint, windows = (jnp.asarray(a) for a in checkpoint_schedule(n_iter))
+  c = dict(carry)
+  c['x_old'] = c['x_adv']
   c['correct'] = c['correct'] & correct_i
   c['x_best_adv'] = _where(~correct_i, x_adv, c['x_best_adv'])
   improved = loss_i > c['loss_best']
@@ -142,6 +159,13 @@ def run_iteration(logits_fn: LogitsFn, x, y, targets, carry: Dict[str, jax.Array
   c['step'] = _where(reduce, c['step'] / 2.0, c['step'])
   c['x_adv'], c['grad'] = _where(reduce, c['x_best'], x_adv), _where(reduce, c['grad_best'], grad)
   return c
+
+
+def run_iteration(logits_fn: LogitsFn, x, y, targets, carry: Dict[str, jax.Array], i, *, norm: str, eps: float,
+                  loss: str, n_iter: int, rho: float = 0.75) -> Dict[str, jax.Array]:
+  """Iteration i (0-based, may be traced) of a run: one gradient pass per point."""
+  x_adv = propose(x, carry, i, norm=norm, eps=eps)
+  return update(carry, x_adv, *loss_and_grad(logits_fn, loss, y, targets, x_adv), i, n_iter=n_iter, rho=rho)
 
 
 def single_run(logits_fn: LogitsFn, x, y, targets, x_start, *, norm: str, eps: float, loss: str,

@@ -95,9 +95,10 @@ def resolve_options(version: str, names: Sequence[str], overrides: Optional[Dict
 
 def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: int, options: Dict,
                 gradient_logits_fn: Optional[Callable] = None):
-  """attack(engine, x, y, indices) -> (x_adv, zero_gradient_points) for one attack of the ensemble, on host
-  arrays of a chunk; driven from the host over the points still robust (`compacted`). Point i's
-  randomness comes from fold_in(fold_in(seed, attack), indices[i]).
+  """attack(engine, x, y, indices, clean=None) -> (x_adv, zero_gradient_points) for one attack of the
+  ensemble, on host arrays of a chunk (clean: its clean logits, else one forward pass); driven from the
+  host over the points still robust (`compacted`). Point i's randomness comes from
+  fold_in(fold_in(seed, attack), indices[i]).
 
   gradient_logits_fn: the same function in the form APGD and FAB take gradients through (on a lone CPU
   device, in chunks of images: `cpu_chunks`); None: logits_fn."""
@@ -230,18 +231,18 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   # Chunks are split over every device of every process; results come back replicated to each.
   engine = compacted.Engine(logits_fn, parallel.make_mesh(), batch_size)
   gradient_logits_fn = cpu_chunks.for_gradients(logits_fn, engine.devices)
-  logits, predict = engine.logits, engine.predict
+  predict = engine.predict
 
-  first = x[:batch_size]
-  num_classes = int(logits(first).shape[1])
-  flags = {'randomized': checks.randomized(logits, first, y[:batch_size]),
-           'range_output': checks.range_output(logits, first),
+  clean_logits = engine.logits(x)  # One pass: clean accuracy, the checks and every attack's clean logits.
+  clean_prediction = clean_logits.argmax(1).astype(np.int32)
+  num_classes = int(clean_logits.shape[1])
+  flags = {'randomized': checks.randomized(),
+           'range_output': checks.range_output(clean_logits),
            'dynamic': checks.dynamic(),
            'n_classes': checks.n_classes(num_classes, names, options.get('apgd-t', {}).get('n_target_classes', 9),
                                          options.get('fab-t', {}).get('n_target_classes', 9))}
   meta = {'norm': norm, 'eps': float(eps), 'seed': int(seed), 'attacks': list(names), 'options': options,
           'n_examples': int(len(x)), 'batch_size': int(batch_size), 'binding': state_binding}
-  clean_prediction = predict(x)
   state = _State(state_path, meta, x, clean_prediction, y, log)
   state.add_evaluations('clean and checks', engine.counts)
   clean_acc = float((clean_prediction == y).mean())
@@ -259,7 +260,7 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
       if chunk_index < state.chunk_position:
         continue
       engine.counts = {'forward': 0, 'backward': 0}
-      x_found, zero_points = attack(engine, x[chunk], y[chunk], chunk)
+      x_found, zero_points = attack(engine, x[chunk], y[chunk], chunk, clean_logits[chunk])
       predicted = predict(x_found)
       state.add_evaluations(name, engine.counts)
       fooled = predicted != y[chunk]
