@@ -1,6 +1,6 @@
 """On a CPU, the attacks' Flax convolutions in the forms XLA:CPU runs fastest: an input of few channels
-(an RGB image) zero-padded to MIN_CHANNELS channels, and a stride-2 convolution's input gradient taken in
-pixel phases (`phase_conv`).
+(an RGB image) zero-padded to MIN_CHANNELS channels, with its input gradient in patch form at stride 1
+(`patch_conv`), and a stride-2 convolution's input gradient taken in pixel phases (`phase_conv`).
 
 XLA:CPU's kernel for 3-channel inputs is slow: on this project's 2-core CPU the quick-start CNN's first
 layer alone took 4.0 ms at batch 64 against PyTorch's 0.6 ms, and the same layer on inputs padded to 8
@@ -8,13 +8,14 @@ channels (zeros, with zero kernel rows) made the whole network's forward pass 19
 pass with the input gradient 16% faster (`docs/square_forward_cpu.py`). XLA's input gradient of a stride-2
 convolution is a convolution over a zero-dilated gradient, slow on XLA:CPU; in phases the input gradient
 of ResNet-18 was 11-18% faster and the quick-start CNN's 15-38% (`docs/phase_conv_cpu.py`; both in
-docs/benchmarks.md). Padded channels add exact zeros to every sum and the phases sum the same terms, so
-only the order of float additions may change.
+docs/benchmarks.md). The patch form's input gradient of the quick-start CNN was 10-15% faster than XLA's
+on padded channels (`docs/patch_conv_cpu.py`). Padded channels add exact zeros to every sum, and the
+phases and the patch form sum the same terms, so only the order of float additions may change.
 
 Only evaluation uses it: for training's weight gradient the padding was slower on some shapes. It applies
 to `flax.linen.Conv` layers with a shared kernel, one feature group, no dilation and a non-circular
 padding, on 4-D inputs; everything else runs as written. Reverse-mode differentiation only (the phases
-are a `jax.custom_vjp`).
+and the patch form are `jax.custom_vjp`s).
 """
 
 from typing import Callable
@@ -25,6 +26,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from rpat_jax import patch_conv
 from rpat_jax import phase_conv
 
 MIN_CHANNELS = 8
@@ -61,15 +63,18 @@ def _fast_forms(next_fun, args, kwargs, context):
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(inputs.shape[1:3], kernel.shape[:2], strides, padding)
   padding = tuple((int(low), int(high)) for low, high in padding)
-  if thin:
-    extra = MIN_CHANNELS - inputs.shape[-1]
-    inputs = jnp.pad(inputs, ((0, 0), (0, 0), (0, 0), (0, extra)))
-    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, extra), (0, 0)))
-  if phased:
-    y = phase_conv.conv_stride2(inputs, kernel, padding, module.precision)
+  if thin and strides == (1, 1) and min(min(pair) for pair in padding) >= 0:
+    y = patch_conv.conv_thin(inputs, kernel, padding, MIN_CHANNELS, module.precision)
   else:
-    y = lax.conv_general_dilated(inputs, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                 precision=module.precision)
+    if thin:
+      extra = MIN_CHANNELS - inputs.shape[-1]
+      inputs = jnp.pad(inputs, ((0, 0), (0, 0), (0, 0), (0, extra)))
+      kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, extra), (0, 0)))
+    if phased:
+      y = phase_conv.conv_stride2(inputs, kernel, padding, module.precision)
+    else:
+      y = lax.conv_general_dilated(inputs, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                   precision=module.precision)
   return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 

@@ -1,0 +1,74 @@
+"""The thin-input stride-1 convolution with a patch-form input gradient (`patch_conv`): XLA's values and
+gradients for every kernel size, padding and input size, in float32 and bfloat16, under vmap, and an input
+gradient that no convolution computes."""
+
+import itertools
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rpat_jax import cpu_chunks, patch_conv
+
+_DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _xla(inputs, kernel, padding):
+  return lax.conv_general_dilated(inputs, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS)
+
+
+def _gradients(conv, inputs, kernel, padding, cotangent):
+  loss = lambda x, k: jnp.sum(conv(x, k, padding).astype(jnp.float32) * cotangent)
+  return jax.grad(loss, argnums=(0, 1))(inputs, kernel)
+
+
+_PADDINGS = [((1, 1), (1, 1)), ((2, 0), (0, 3)), ((0, 0), (0, 0))]  # Symmetric, one-sided, none.
+
+
+@pytest.mark.parametrize('height, width, channels', [(7, 6, 3), (8, 9, 1)])
+def test_values_and_gradients_equal_xla_for_every_kernel_and_padding(height, width, channels):
+  inputs = jax.random.normal(jax.random.key(0), (2, height, width, channels))
+  checked = 0
+  for size, padding in itertools.product([1, 2, 3, 5], _PADDINGS):
+    if min(height + sum(padding[0]), width + sum(padding[1])) < size:
+      continue
+    kernel = jax.random.normal(jax.random.key(size), (size, size, channels, 4))
+    expected = _xla(inputs, kernel, padding)
+    np.testing.assert_allclose(patch_conv.conv_thin(inputs, kernel, padding), expected, rtol=1e-5, atol=1e-5)
+    cotangent = jax.random.normal(jax.random.key(7), expected.shape)
+    for got, want in zip(_gradients(patch_conv.conv_thin, inputs, kernel, padding, cotangent),
+                         _gradients(_xla, inputs, kernel, padding, cotangent)):
+      assert got.shape == want.shape
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    checked += 1
+  assert checked == 12
+
+
+def test_bfloat16_and_vmap():
+  inputs = jax.random.normal(jax.random.key(1), (3, 2, 8, 8, 3))
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 5))
+  padding = ((1, 1), (1, 1))
+  grad = lambda conv: jax.vmap(jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, kernel, padding)))))
+  np.testing.assert_allclose(jax.jit(grad(patch_conv.conv_thin))(inputs), jax.jit(grad(_xla))(inputs),
+                             rtol=1e-5, atol=1e-5)
+  low = inputs[0].astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+  got = jax.grad(lambda x: jnp.sum(patch_conv.conv_thin(x, low[1], padding).astype(jnp.float32)))(low[0])
+  want = jax.grad(lambda x: jnp.sum(_xla(x, low[1], padding).astype(jnp.float32)))(low[0])
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), rtol=2e-2, atol=5e-2)
+
+
+def test_the_input_gradient_is_no_convolution():
+  inputs, kernel = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  shapes = []
+
+  def visit(eqn):
+    if eqn.primitive.name == 'conv_general_dilated':
+      shapes.append(eqn.outvars[0].aval.shape)
+  for conv, count in ((_xla, 1), (patch_conv.conv_thin, 0)):  # Convolutions that output an input gradient.
+    shapes.clear()
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x, c=conv: jnp.sum(c(x, kernel, ((1, 1), (1, 1))))))(inputs)
+    cpu_chunks.walk_equations(jaxpr.jaxpr, visit)
+    assert shapes.count(inputs.shape) == count, shapes
