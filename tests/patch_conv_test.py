@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conv_checks
 from rpat_jax import cpu_chunks, patch_conv
 
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
@@ -17,11 +18,6 @@ _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
 def _xla(inputs, kernel, padding):
   return lax.conv_general_dilated(inputs, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS)
-
-
-def _gradients(conv, inputs, kernel, padding, cotangent):
-  loss = lambda x, k: jnp.sum(conv(x, k, padding).astype(jnp.float32) * cotangent)
-  return jax.grad(loss, argnums=(0, 1))(inputs, kernel)
 
 
 _PADDINGS = [((1, 1), (1, 1)), ((2, 0), (0, 3)), ((0, 0), (0, 0))]  # Symmetric, one-sided, none.
@@ -38,8 +34,8 @@ def test_values_and_gradients_equal_xla_for_every_kernel_and_padding(height, wid
     expected = _xla(inputs, kernel, padding)
     np.testing.assert_allclose(patch_conv.conv_thin(inputs, kernel, padding), expected, rtol=1e-5, atol=1e-5)
     cotangent = jax.random.normal(jax.random.key(7), expected.shape)
-    for got, want in zip(_gradients(patch_conv.conv_thin, inputs, kernel, padding, cotangent),
-                         _gradients(_xla, inputs, kernel, padding, cotangent)):
+    for got, want in zip(conv_checks.gradients(patch_conv.conv_thin, inputs, kernel, padding, cotangent),
+                         conv_checks.gradients(_xla, inputs, kernel, padding, cotangent)):
       assert got.shape == want.shape
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     checked += 1
@@ -47,17 +43,7 @@ def test_values_and_gradients_equal_xla_for_every_kernel_and_padding(height, wid
 
 
 def test_bfloat16_and_vmap():
-  inputs = jax.random.normal(jax.random.key(1), (3, 2, 8, 8, 3))
-  kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 5))
-  padding = ((1, 1), (1, 1))
-  grad = lambda conv: jax.vmap(jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, kernel, padding)))))
-  np.testing.assert_allclose(jax.jit(grad(patch_conv.conv_thin))(inputs), jax.jit(grad(_xla))(inputs),
-                             rtol=1e-5, atol=1e-5)
-  low = inputs[0].astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
-  got = jax.grad(lambda x: jnp.sum(patch_conv.conv_thin(x, low[1], padding).astype(jnp.float32)))(low[0])
-  want = jax.grad(lambda x: jnp.sum(_xla(x, low[1], padding).astype(jnp.float32)))(low[0])
-  assert got.dtype == jnp.bfloat16
-  np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), rtol=2e-2, atol=5e-2)
+  conv_checks.check_bfloat16_and_vmap(patch_conv.conv_thin, _xla, channels=3, bfloat16_atol=5e-2)
 
 
 def test_the_input_gradient_is_no_convolution():

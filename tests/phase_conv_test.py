@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conv_checks
 from rpat_jax import cpu_chunks, phase_conv
 
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
@@ -16,11 +17,6 @@ _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
 def _xla(inputs, kernel, padding):
   return lax.conv_general_dilated(inputs, kernel, (2, 2), padding, dimension_numbers=_DIMENSIONS)
-
-
-def _gradients(conv, inputs, kernel, padding, cotangent):
-  loss = lambda x, k: jnp.sum(conv(x, k, padding).astype(jnp.float32) * cotangent)
-  return jax.grad(loss, argnums=(0, 1))(inputs, kernel)
 
 
 _PADDINGS = [((1, 1), (1, 1)), ((2, 0), (0, 3)), ((0, 1), (1, 0))]  # Symmetric, and each side alone.
@@ -37,25 +33,15 @@ def test_values_and_gradients_equal_xla_for_every_kernel_and_padding(height, wid
     expected = _xla(inputs, kernel, padding)
     np.testing.assert_array_equal(phase_conv.conv_stride2(inputs, kernel, padding), expected)
     cotangent = jax.random.normal(jax.random.key(7), expected.shape)
-    for got, want in zip(_gradients(phase_conv.conv_stride2, inputs, kernel, padding, cotangent),
-                         _gradients(_xla, inputs, kernel, padding, cotangent)):
+    for got, want in zip(conv_checks.gradients(phase_conv.conv_stride2, inputs, kernel, padding, cotangent),
+                         conv_checks.gradients(_xla, inputs, kernel, padding, cotangent)):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     checked += 1
   assert checked == 12
 
 
 def test_bfloat16_and_vmap():
-  inputs = jax.random.normal(jax.random.key(1), (3, 2, 8, 8, 4))
-  kernel = jax.random.normal(jax.random.key(2), (3, 3, 4, 5))
-  padding = ((1, 1), (1, 1))
-  grad = lambda conv: jax.vmap(jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, kernel, padding)))))
-  np.testing.assert_allclose(jax.jit(grad(phase_conv.conv_stride2))(inputs), jax.jit(grad(_xla))(inputs),
-                             rtol=1e-5, atol=1e-6)
-  low = inputs[0].astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
-  got = jax.grad(lambda x: jnp.sum(phase_conv.conv_stride2(x, low[1], padding).astype(jnp.float32)))(low[0])
-  want = jax.grad(lambda x: jnp.sum(_xla(x, low[1], padding).astype(jnp.float32)))(low[0])
-  assert got.dtype == jnp.bfloat16
-  np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), rtol=2e-2, atol=2e-2)
+  conv_checks.check_bfloat16_and_vmap(phase_conv.conv_stride2, _xla, channels=4, bfloat16_atol=2e-2)
 
 
 def test_the_input_gradient_convolves_no_dilated_gradient():
