@@ -29,6 +29,7 @@ pass (the ensemble's), or makes one forward pass for them.
 the benchmark compares with the official code's.
 """
 
+import functools
 from typing import Callable, Dict
 
 import jax
@@ -40,6 +41,7 @@ from rpat_jax.attacks import point_keys
 from rpat_jax.autoattack import apgd, fab, square
 
 CHECK_EVERY = {'apgd': 10, 'fab': 10, 'square': 20}  # Iterations between reads of who is still robust.
+_QUICK_COMPILE = {'xla_backend_optimization_level': 0}  # For programs that run once per run, on a CPU.
 
 
 def bucket_size(count: int, batch_size: int, multiple: int = 1) -> int:
@@ -150,16 +152,21 @@ def make_apgd(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, los
   targeted = loss == 'dlr-targeted'
   runs = n_restarts * (n_target_classes if targeted else 1)
 
-  # A run's start and its iterations are one program (step -1 is the start): each bucket size compiles one
-  # gradient program, not two (ResNet-18 at 64 points: 2.9 s and 2.1 s to compile the two).
-  @hoisted_jit.jit
-  def step(consts, carry, i, run):
-    x, y, targets = consts['x'], consts['y'], consts.get('target')
+  # The random starts are a program of their own, compiled with little optimisation: threefry's code took
+  # 0.86-0.98 s to compile and 3.3 ms to run for 64 CIFAR images, 0.16-0.17 s and 10 ms so, once per run
+  # (`docs/apgd_compile_cpu.py`, docs/benchmarks.md).
+  @functools.partial(jax.jit, compiler_options=_QUICK_COMPILE if jax.default_backend() == 'cpu' else None)
+  def start_points(consts, run):
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, run))(point_keys(key, consts['index']))
+    x = consts['x']
+    return apgd.start_point(x, apgd.draw_noise(keys, x.shape[1:], norm=norm), norm=norm, eps=eps)
 
-    def start_point():
-      keys = jax.vmap(lambda k: jax.random.fold_in(k, run))(point_keys(key, consts['index']))
-      return apgd.start_point(x, apgd.draw_noise(keys, x.shape[1:], norm=norm), norm=norm, eps=eps)
-    x_next = jax.lax.cond(i < 0, start_point, lambda: apgd.propose(x, carry, i, norm=norm, eps=eps))
+  # A run's start and its iterations are one program (step -1 is the start, from x_start): each bucket size
+  # compiles one gradient program, not two (ResNet-18 at 64 points: 2.9 s and 2.1 s to compile the two).
+  @hoisted_jit.jit
+  def step(consts, carry, i, x_start):
+    x, y, targets = consts['x'], consts['y'], consts.get('target')
+    x_next = jax.lax.cond(i < 0, lambda: x_start, lambda: apgd.propose(x, carry, i, norm=norm, eps=eps))
     found = apgd.loss_and_grad(logits_fn, loss, y, targets, x_next)
     return jax.lax.cond(i < 0, lambda: apgd.start_carry(x_next, *found, eps=eps),
                         lambda: apgd.update(carry, x_next, *found, i, n_iter=n_iter, rho=rho))
@@ -184,12 +191,13 @@ def make_apgd(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, los
       if group is None:
         break
       blank = jax.tree.map(lambda v: np.zeros(v.shape, v.dtype), apgd.carry_shapes((group.size,) + x.shape[1:]))
-      group.carry = step(group.consts, engine.put(blank), -1, run)  # The start: the carry's values are unused.
+      # The start: the carry's values are unused. The iterations pass x for x_start, unused.
+      group.carry = step(group.consts, engine.put(blank), -1, start_points(group.consts, run))
       engine.count(group.size, forward=1, backward=1)
       if loss != 'ce':
         zero_points = max(zero_points, int(engine.read(group.carry['zero_grad'])[:len(group.rows)].sum()))
       for i in range(n_iter):
-        group.carry = step(group.consts, group.carry, i, run)
+        group.carry = step(group.consts, group.carry, i, group.consts['x'])
         engine.count(group.size, forward=1, backward=1)
         if (i + 1) % check_every or i + 1 == n_iter:
           continue
