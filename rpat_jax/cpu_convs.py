@@ -24,7 +24,6 @@ import flax.linen as nn
 from flax.linen import linear
 import jax
 from jax import lax
-import jax.numpy as jnp
 
 from rpat_jax import patch_conv
 from rpat_jax import phase_conv
@@ -67,9 +66,7 @@ def _fast_forms(next_fun, args, kwargs, context):
     y = patch_conv.conv_thin(inputs, kernel, padding, MIN_CHANNELS, module.precision)
   else:
     if thin:
-      extra = MIN_CHANNELS - inputs.shape[-1]
-      inputs = jnp.pad(inputs, ((0, 0), (0, 0), (0, 0), (0, extra)))
-      kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, extra), (0, 0)))
+      inputs, kernel = patch_conv.pad_channels(inputs, kernel, MIN_CHANNELS)
     if phased:
       y = phase_conv.conv_stride2(inputs, kernel, padding, module.precision)
     else:

@@ -36,8 +36,7 @@ def _placement(leaf):
 
 
 def _signature(flat, tree, static):
-  placement = _placement
-  return tree, tuple((jax.typeof(leaf), placement(leaf)) for leaf in flat), static
+  return tree, tuple((jax.typeof(leaf), _placement(leaf)) for leaf in flat), static
 
 
 def _placed(consts, flat):
@@ -84,12 +83,12 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
       if not hoisting:
         hoisting.append(sum(int(getattr(c, 'nbytes', 0)) for c in closed.consts) >= min_bytes)
       if hoisting[0]:
-        run = jax.jit(lambda consts, *leaves: jax.core.eval_jaxpr(closed.jaxpr, consts, *leaves), **jit_kwargs)
-        programs[signature] = (run, _placed(closed.consts, flat), jax.tree.structure(out_shape))
+        consts = _placed(closed.consts, flat)
+        body = lambda consts, *leaves: jax.core.eval_jaxpr(closed.jaxpr, consts, *leaves)
       else:  # The trace that found the weights small, compiled with them embedded (as plain jax.jit would).
-        run = jax.jit(lambda consts, *leaves: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves),
-                      **jit_kwargs)
-        programs[signature] = (run, [], jax.tree.structure(out_shape))
+        consts = []
+        body = lambda _, *leaves: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves)
+      programs[signature] = (jax.jit(body, **jit_kwargs), consts, jax.tree.structure(out_shape))
     run, consts, out_tree = programs[signature]
     return run, consts, flat, out_tree
 

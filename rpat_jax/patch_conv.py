@@ -6,9 +6,9 @@ XLA:CPU runs slowly. With kh * kw * C columns (27 for a 3x3 kernel on RGB), the 
 flattened kernel gives every patch's gradient in one product; each kernel tap's slice of it, shifted to
 its offset, adds into the input gradient. On this project's 2-core CPU the quick-start CNN's APGD input
 gradient (forward pass included) took 4.6 ms against 5.3 ms at 32 images, 10.0 against 11.8 ms at 72
-(`docs/patch_conv_cpu.py`, docs/benchmarks.md). The sums are the same terms; only the order of float additions can change. The
-forward pass runs on the input zero-padded to `channels` channels (exact zeros, faster on XLA:CPU), the
-kernel gradient is XLA's own.
+(`docs/patch_conv_cpu.py`, docs/benchmarks.md). The sums are the same terms; only the order of float
+additions can change. The forward pass runs on the input zero-padded to `channels` channels (exact zeros,
+faster on XLA:CPU), the kernel gradient is XLA's own.
 
 Reverse mode only (`jax.custom_vjp`): forward-mode differentiation (`jax.jvp`) of it is an error.
 """
@@ -23,11 +23,16 @@ import jax.numpy as jnp
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
 
+def pad_channels(inputs, kernel, channels: int):
+  """NHWC inputs and an HWIO kernel zero-padded to at least `channels` input channels (exact zeros)."""
+  extra = max(0, channels - inputs.shape[-1])
+  return (jnp.pad(inputs, ((0, 0), (0, 0), (0, 0), (0, extra))),
+          jnp.pad(kernel, ((0, 0), (0, 0), (0, extra), (0, 0))))
+
+
 def _convolve(inputs, kernel, padding, channels, precision):
   """The stride-1 convolution, on inputs and kernel zero-padded to `channels` input channels."""
-  extra = max(0, channels - inputs.shape[-1])
-  inputs = jnp.pad(inputs, ((0, 0), (0, 0), (0, 0), (0, extra)))
-  kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, extra), (0, 0)))
+  inputs, kernel = pad_channels(inputs, kernel, channels)
   return lax.conv_general_dilated(inputs, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS,
                                   precision=precision)
 

@@ -2,16 +2,13 @@
 gradients for every kernel size, padding and input size, in float32 and bfloat16, under vmap, and an input
 gradient that no convolution computes."""
 
-import itertools
-
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import conv_checks
-from rpat_jax import cpu_chunks, patch_conv
+from rpat_jax import patch_conv
 
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -26,20 +23,8 @@ _PADDINGS = [((1, 1), (1, 1)), ((2, 0), (0, 3)), ((0, 0), (0, 0))]  # Symmetric,
 @pytest.mark.parametrize('height, width, channels', [(7, 6, 3), (8, 9, 1)])
 def test_values_and_gradients_equal_xla_for_every_kernel_and_padding(height, width, channels):
   inputs = jax.random.normal(jax.random.key(0), (2, height, width, channels))
-  checked = 0
-  for size, padding in itertools.product([1, 2, 3, 5], _PADDINGS):
-    if min(height + sum(padding[0]), width + sum(padding[1])) < size:
-      continue
-    kernel = jax.random.normal(jax.random.key(size), (size, size, channels, 4))
-    expected = _xla(inputs, kernel, padding)
-    np.testing.assert_allclose(patch_conv.conv_thin(inputs, kernel, padding), expected, rtol=1e-5, atol=1e-5)
-    cotangent = jax.random.normal(jax.random.key(7), expected.shape)
-    for got, want in zip(conv_checks.gradients(patch_conv.conv_thin, inputs, kernel, padding, cotangent),
-                         conv_checks.gradients(_xla, inputs, kernel, padding, cotangent)):
-      assert got.shape == want.shape
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    checked += 1
-  assert checked == 12
+  assert conv_checks.check_values_and_gradients(patch_conv.conv_thin, _xla, inputs, _PADDINGS,
+                                                exact_values=False) == 12
 
 
 def test_bfloat16_and_vmap():
@@ -48,13 +33,6 @@ def test_bfloat16_and_vmap():
 
 def test_the_input_gradient_is_no_convolution():
   inputs, kernel = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
-  shapes = []
-
-  def visit(eqn):
-    if eqn.primitive.name == 'conv_general_dilated':
-      shapes.append(eqn.outvars[0].aval.shape)
   for conv, count in ((_xla, 1), (patch_conv.conv_thin, 0)):  # Convolutions that output an input gradient.
-    shapes.clear()
-    jaxpr = jax.make_jaxpr(jax.grad(lambda x, c=conv: jnp.sum(c(x, kernel, ((1, 1), (1, 1))))))(inputs)
-    cpu_chunks.walk_equations(jaxpr.jaxpr, visit)
+    shapes = [eqn.outvars[0].aval.shape for eqn in conv_checks.gradient_convolutions(conv, inputs, kernel)]
     assert shapes.count(inputs.shape) == count, shapes

@@ -13,6 +13,7 @@ One iteration is `run_iteration` (the start `run_start`): `apgd` loops over it i
 Images are NHWC float32 in [0, 1]; eps is in the same units (8/255, not 8).
 """
 
+import functools
 from typing import Callable, Dict, Optional
 
 import jax
@@ -110,8 +111,10 @@ def start_carry(x_start, loss0, correct0, grad0, *, eps: float) -> Dict[str, jax
                           loss0, zero_grad)))
 
 
-def carry_shapes(image_shape) -> Dict[str, jax.ShapeDtypeStruct]:
-  """The shapes and dtypes of a carry for images of image_shape [B, H, W, C] (nothing is computed)."""
+@functools.lru_cache(maxsize=None)
+def carry_shapes(image_shape: tuple) -> Dict[str, jax.ShapeDtypeStruct]:
+  """The shapes and dtypes of a carry for images of image_shape [B, H, W, C] (nothing is computed; traced
+  once per shape)."""
   batch = jax.ShapeDtypeStruct(image_shape[:1], jnp.float32)
   images = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32)
   correct = jax.ShapeDtypeStruct(image_shape[:1], jnp.bool_)

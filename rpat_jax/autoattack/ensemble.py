@@ -20,7 +20,6 @@ import time
 from typing import Callable, Dict, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rpat_jax import cpu_chunks
@@ -231,7 +230,6 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   # Chunks are split over every device of every process; results come back replicated to each.
   engine = compacted.Engine(logits_fn, parallel.make_mesh(), batch_size)
   gradient_logits_fn = cpu_chunks.for_gradients(logits_fn, engine.devices)
-  predict = engine.predict
 
   clean_logits = engine.logits(x)  # One pass: clean accuracy, the checks and every attack's clean logits.
   clean_prediction = clean_logits.argmax(1).astype(np.int32)
@@ -261,7 +259,7 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
         continue
       engine.counts = {'forward': 0, 'backward': 0}
       x_found, zero_points = attack(engine, x[chunk], y[chunk], chunk, clean_logits[chunk])
-      predicted = predict(x_found)
+      predicted = engine.predict(x_found)
       state.add_evaluations(name, engine.counts)
       fooled = predicted != y[chunk]
       state.robust[chunk[fooled]] = False
