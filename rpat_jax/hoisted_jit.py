@@ -11,19 +11,34 @@ folds their transforms, and such programs compiled faster.
 
 Each new signature (the arguments' tree, shapes, dtypes and shardings, and the static arguments) is traced
 once to a jaxpr; its constants are the closed-over arrays, and the jaxpr is compiled as a function of them.
+
+What the program computes from the weights alone (the input gradient's flipped and transposed kernels, the
+phase kernels' stacks, eval-mode BatchNorm's scales) is computed once, not in every call: embedded, XLA
+folds it at compile time; as arguments it ran in every call, and a ResNet-18 APGD iteration at 64 points
+took 7% longer than with embedded weights (`docs/hoisted_jit_cpu.py`, docs/benchmarks.md). The jaxpr's
+operations whose inputs all derive from the weights, and whose output is no larger than their inputs, run
+once per function in a prologue; the program takes its outputs as arguments.
 """
 
 import functools
 from typing import Callable, Sequence
 
 import jax
+import jax.extend
 import numpy as np
+from jax.extend.core import primitives
 from jax.sharding import NamedSharding, PartitionSpec
 
 # Closed-over arrays below this many bytes stay constants of the program: the quick-start CNN's 24,570
 # weights compiled faster embedded (0.39-0.49 s against 0.75-0.87 s per gradient program), ResNet-18's
 # 11.2M slower (3.1-3.3 s against 1.4-1.7 s).
 MIN_BYTES = 4 << 20
+
+
+def run_once_options():
+  """compiler_options for a program that runs once per attack run: little optimisation on a CPU, where it
+  compiles several times faster (APGD's random starts: 0.16 s against 0.9 s); the default elsewhere."""
+  return {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
 
 
 def _placement(leaf):
@@ -33,6 +48,56 @@ def _placement(leaf):
     return None
   devices = leaf.sharding.device_set
   return next(iter(devices)) if len(devices) == 1 else leaf.sharding
+
+
+def _with_kernel_in_standard_layout(eqn, prologue):
+  """A convolution whose kernel the prologue computes, reading it laid out [*spatial, in, out] (a transposed
+  kernel is transposed there, once). The input gradient's convolutions read their kernels with input and
+  output swapped, and XLA:CPU copied each into its layout in every call (ResNet-18: 38 MB)."""
+  lhs_spec, rhs_spec, out_spec = eqn.params['dimension_numbers']
+  spatial = len(rhs_spec) - 2
+  standard = (spatial + 1, spatial) + tuple(range(spatial))
+  if (tuple(rhs_spec) == standard or eqn.params['feature_group_count'] != 1
+      or eqn.params['batch_group_count'] != 1):
+    return eqn
+  kernel = eqn.invars[1]
+  permutation = tuple(rhs_spec[2:]) + (rhs_spec[1], rhs_spec[0])
+  aval = kernel.aval.update(shape=tuple(kernel.aval.shape[d] for d in permutation))
+  laid_out = jax.extend.core.Var(aval)
+  prologue.append(jax.extend.core.new_jaxpr_eqn([kernel], [laid_out], primitives.transpose_p,
+                                                {'permutation': permutation}, frozenset()))
+  numbers = jax.lax.ConvDimensionNumbers(lhs_spec, standard, out_spec)
+  return eqn.replace(invars=[eqn.invars[0], laid_out], params={**eqn.params, 'dimension_numbers': numbers})
+
+
+def _split(jaxpr):
+  """(prologue, main): the jaxpr's operations computed from its constants alone, as a jaxpr with the same
+  constants, no inputs and their outputs that `main` reads; and `main`, the rest, whose constants are the
+  constants it still reads and then the prologue's outputs.
+
+  An operation moves to the prologue when it has inputs, all from constants or the prologue, no effects,
+  and an output no larger than its inputs (so a broadcast of a weight to the batch stays in the program).
+  """
+  known, prologue, rest = set(jaxpr.constvars), [], []
+  variable = lambda atom: isinstance(atom, jax.extend.core.Var)
+  nbytes = lambda atoms: sum(a.aval.size * a.aval.dtype.itemsize for a in atoms if hasattr(a.aval, 'size'))
+  for eqn in jaxpr.eqns:
+    inputs = [a for a in eqn.invars if variable(a)]
+    if (inputs and all(a in known for a in inputs) and not eqn.effects
+        and nbytes(eqn.outvars) <= nbytes(inputs)):
+      prologue.append(eqn)
+      known.update(eqn.outvars)
+    else:
+      if eqn.primitive is primitives.conv_general_dilated_p and eqn.invars[1] in known:
+        eqn = _with_kernel_in_standard_layout(eqn, prologue)
+      rest.append(eqn)
+  read = [a for eqn in rest for a in eqn.invars if variable(a)] + [a for a in jaxpr.outvars if variable(a)]
+  read_set = set(read)
+  outputs = list(dict.fromkeys(a for eqn in prologue for a in eqn.outvars if a in read_set))
+  constants = [a for a in jaxpr.constvars if a in read_set]
+  return (jaxpr.replace(invars=[], outvars=outputs, eqns=prologue, effects=frozenset(),
+                        debug_info=jaxpr.debug_info._replace(arg_names=(), result_paths=None)),
+          jaxpr.replace(constvars=constants + outputs, eqns=rest))
 
 
 def _signature(flat, tree, static):
@@ -64,7 +129,17 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
     return functools.partial(jit, static_argnames=static_argnames, min_bytes=min_bytes, **jit_kwargs)
   static_argnames = tuple(static_argnames)
   plain = jax.jit(fn, static_argnames=static_argnames, **jit_kwargs)
-  programs, hoisting = {}, []
+  programs, hoisting, computed = {}, [], {}
+
+  def prologue_outputs(prologue, originals, consts):
+    """The prologue's outputs on consts (originals, placed), computed once per prologue and originals: the
+    signatures of one function share them."""
+    key = (str(prologue), tuple(id(c) for c in originals))
+    if key not in computed:  # The originals are kept, so their ids stay theirs.
+      outputs = jax.jit(lambda values: jax.core.eval_jaxpr(prologue, values),
+                        compiler_options=run_once_options())(consts)
+      computed[key] = (originals, _placed(outputs, consts))
+    return computed[key][1]
 
   def program(args, kwargs):
     """(the jitted function of (consts, *leaves), consts, leaves, output tree) for these arguments; None
@@ -83,8 +158,11 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
       if not hoisting:
         hoisting.append(sum(int(getattr(c, 'nbytes', 0)) for c in closed.consts) >= min_bytes)
       if hoisting[0]:
+        prologue, main = _split(closed.jaxpr)
         consts = _placed(closed.consts, flat)
-        body = lambda consts, *leaves: jax.core.eval_jaxpr(closed.jaxpr, consts, *leaves)
+        kept = [c for v, c in zip(closed.jaxpr.constvars, consts) if v in set(main.constvars)]
+        consts = kept + prologue_outputs(prologue, closed.consts, consts)
+        body = lambda consts, *leaves: jax.core.eval_jaxpr(main, consts, *leaves)
       else:  # The trace that found the weights small, compiled with them embedded (as plain jax.jit would).
         consts = []
         body = lambda _, *leaves: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves)

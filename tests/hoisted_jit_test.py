@@ -1,5 +1,7 @@
 """`hoisted_jit.jit`: jax.jit's results, with the closed-over arrays passed as arguments, not embedded."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,3 +67,42 @@ def test_one_program_for_equivalent_placements_on_one_device():
     np.testing.assert_allclose(hoisted(jax.device_put(x, NamedSharding(mesh, spec))), jax.jit(logits_fn)(x),
                                rtol=1e-6)
   assert len(traces) == 1
+
+
+def _conv_net(seed):
+  """Two convolutions with an eval-mode BatchNorm-like scale between them (a function of a weight alone)."""
+  keys = jax.random.split(jax.random.key(seed))
+  kernels = [jax.random.normal(keys[0], (3, 3, 4, 16)) * 0.2, jax.random.normal(keys[1], (3, 3, 16, 16)) * 0.1]
+  variance = np.linspace(0.5, 1.5, 16).astype(np.float32)
+  conv = lambda h, w: jax.lax.conv_general_dilated(h, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return lambda x: conv(jax.nn.relu(conv(x, kernels[0]) * jax.lax.rsqrt(variance + 1e-5)), kernels[1]).mean((1, 2))
+
+
+def test_what_depends_on_the_weights_alone_is_computed_once_not_in_every_call():
+  """The input gradient's flipped kernels, read with input and output swapped, and the scale's rsqrt are the
+  prologue's: the program has no reverse, transpose or rsqrt; jax.jit's program with the weights as
+  arguments (what `hoisted_jit` compiled before) has all three."""
+  logits_fn = _conv_net(0)
+  gradient = lambda x: jax.grad(lambda z: jnp.sum(logits_fn(z) ** 2))(x)
+  x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 4))
+  hoisted = hoisted_jit.jit(gradient, min_bytes=0)
+  np.testing.assert_allclose(hoisted(x), jax.jit(gradient)(x), rtol=1e-5, atol=1e-7)
+  operations = lambda text: set(re.findall(r'= \S+ (reverse|transpose|rsqrt)\(', text))
+  assert not operations(hoisted.lower(x).compile().as_text())
+  closed = jax.make_jaxpr(gradient)(x)
+  as_arguments = jax.jit(lambda consts, z: jax.core.eval_jaxpr(closed.jaxpr, consts, z)[0])
+  assert operations(as_arguments.lower(closed.consts, x).compile().as_text()) == {'reverse', 'transpose', 'rsqrt'}
+  # Another shape is another program; the prologue's outputs are shared, its results still jax.jit's.
+  np.testing.assert_allclose(hoisted(x[:1]), jax.jit(gradient)(x[:1]), rtol=1e-5, atol=1e-7)
+
+
+def test_a_weight_broadcast_to_the_batch_stays_in_the_program():
+  """An operation whose output outgrows its inputs is computed in the program: the prologue must not turn
+  a [64] weight into a [4096, 64] argument."""
+  weight = jnp.linspace(0.0, 1.0, 64)
+  fn = lambda x: x * jnp.broadcast_to(jnp.exp(weight), x.shape)
+  x = jnp.ones((4096, 64))
+  hoisted = hoisted_jit.jit(fn, min_bytes=0)
+  np.testing.assert_allclose(hoisted(x), jax.jit(fn)(x), rtol=1e-6)
+  arguments = jax.tree.leaves(hoisted.lower(x).args_info)
+  assert sum(int(np.prod(a.shape)) for a in arguments) == x.size + weight.size  # x, and exp(weight) once.

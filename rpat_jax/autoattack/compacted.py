@@ -41,7 +41,6 @@ from rpat_jax.attacks import point_keys
 from rpat_jax.autoattack import apgd, fab, square
 
 CHECK_EVERY = {'apgd': 10, 'fab': 10, 'square': 20}  # Iterations between reads of who is still robust.
-_QUICK_COMPILE = {'xla_backend_optimization_level': 0}  # For programs that run once per run, on a CPU.
 
 
 def bucket_size(count: int, batch_size: int, multiple: int = 1) -> int:
@@ -155,7 +154,7 @@ def make_apgd(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, los
   # The random starts are a program of their own, compiled with little optimisation: threefry's code took
   # 0.86-0.98 s to compile and 3.3 ms to run for 64 CIFAR images, 0.16-0.17 s and 10 ms so, once per run
   # (`docs/apgd_compile_cpu.py`, docs/benchmarks.md).
-  @functools.partial(jax.jit, compiler_options=_QUICK_COMPILE if jax.default_backend() == 'cpu' else None)
+  @functools.partial(jax.jit, compiler_options=hoisted_jit.run_once_options())
   def start_points(consts, run):
     keys = jax.vmap(lambda k: jax.random.fold_in(k, run))(point_keys(key, consts['index']))
     x = consts['x']
