@@ -8,7 +8,9 @@ when $TFDS_DIR holds them (else uniform noise), labelled with the network's own 
 point is attacked. APGD-CE runs with the official hyperparameters (100 iterations, 1 restart), in one
 batch of N. After our first (compiling) call, ours and the official attack run alternately REPEAT times
 (the machine's speed drifts; alternating exposes both to the same drift); the seconds are the medians,
-and each run's seconds are listed. The gradient and iteration costs are timed on the network as written
+and each run's seconds are listed. Ours read their programs from JAX's persistent compilation cache, as
+the done-when benchmark's second call does (a temporary directory unless one is configured); the first
+call's seconds, compiles included, are printed too. The gradient and iteration costs are timed on the network as written
 and as evaluation runs it (`cpu_convs.for_attacks`). Prints one JSON line (docs/benchmarks.md, issue 15).
 """
 import json
@@ -71,6 +73,7 @@ def main():
   options = {'apgd-ce': {'n_iter': 100, 'n_restarts': 1}}
   run = lambda: ensemble.evaluate(logits_fn, x, y, eps=eps, version='custom', attacks=['apgd-ce'], batch_size=n,
                                   attack_options=options)
+  eval_bench._compilation_cache()  # pylint: disable=protected-access
   started = time.perf_counter()
   ours = run()
   ours_first = time.perf_counter() - started

@@ -21,7 +21,7 @@ once per function in a prologue; the program takes its outputs as arguments.
 """
 
 import functools
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.extend
@@ -117,7 +117,7 @@ def _placed(consts, flat):
           for c in consts]
 
 
-def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: int = MIN_BYTES,
+def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: Optional[int] = None,
         **jit_kwargs) -> Callable:
   """jax.jit(fn, static_argnames=..., **jit_kwargs), with fn's closed-over arrays as arguments when they
   hold at least min_bytes (decided at the first call; below it, plain jax.jit for every later signature).
@@ -128,6 +128,7 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
   if fn is None:
     return functools.partial(jit, static_argnames=static_argnames, min_bytes=min_bytes, **jit_kwargs)
   static_argnames = tuple(static_argnames)
+  min_bytes = MIN_BYTES if min_bytes is None else min_bytes
   plain = jax.jit(fn, static_argnames=static_argnames, **jit_kwargs)
   programs, hoisting, computed = {}, [], {}
 

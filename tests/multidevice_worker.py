@@ -2,6 +2,7 @@
 
   python tests/multidevice_worker.py steps OUT.npz   # 3 train steps of the tiny config: params, metrics
   python tests/multidevice_worker.py eval OUT.npz    # trainer evaluation sums, AutoAttack per point
+  python tests/multidevice_worker.py eval_hoisted OUT.npz   # the same, every program's weights hoisted
   launch/local.sh 2 1 python tests/multidevice_worker.py mismatch -   # each process a different config
 """
 
@@ -14,7 +15,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
-from rpat_jax import autoattack, data, experiment, parallel, train  # noqa: E402
+from rpat_jax import autoattack, data, experiment, hoisted_jit, parallel, train  # noqa: E402
 
 
 def _setup():
@@ -54,6 +55,13 @@ def evaluation(out: str):
            robust=aa['robust'], y_adv=aa['y_adv'], devices=jax.device_count())
 
 
+def evaluation_hoisted(out: str):
+  """`evaluation` with the weights of every `hoisted_jit` program passed as arguments and their transforms
+  in the prologue (the tiny model's weights are below MIN_BYTES, so `evaluation` embeds them)."""
+  hoisted_jit.MIN_BYTES = 0
+  evaluation(out)
+
+
 def mismatch(_):
   """Joins with local.sh's flags, then compares a config that differs by process: must fail in one line."""
   from rpat_jax import distributed
@@ -68,4 +76,4 @@ def mismatch(_):
 
 
 if __name__ == '__main__':
-  {'steps': train_steps, 'eval': evaluation, 'mismatch': mismatch}[sys.argv[1]](sys.argv[2])
+  {'steps': train_steps, 'eval': evaluation, 'eval_hoisted': evaluation_hoisted, 'mismatch': mismatch}[sys.argv[1]](sys.argv[2])

@@ -80,6 +80,16 @@ def test_eight_devices_evaluate_every_point_like_one_device(tmp_path):
   np.testing.assert_array_equal(eight['y_adv'], one['y_adv'])
 
 
+@pytest.mark.xla_optimized
+def test_eight_devices_with_hoisted_weights_evaluate_like_one_device_with_embedded_weights(tmp_path):
+  """`hoisted_jit`'s weights as arguments and its prologue's outputs, replicated over 8 devices, give the
+  points the one-device program with embedded weights gives."""
+  one, eight = _worker('eval', 1, tmp_path), _worker('eval_hoisted', 8, tmp_path)
+  assert int(eight['devices']) == 8 and 0 < one['robust'].sum() < 64
+  np.testing.assert_array_equal(eight['robust'], one['robust'])
+  np.testing.assert_array_equal(eight['y_adv'], one['y_adv'])
+
+
 def _train(tmp_path, name, processes, devices, epochs, extra=()):
   workdir = tmp_path / name
   command = [sys.executable, '-m', 'rpat_jax.main', f'--workdir={workdir}', *TINY, f'--config.epochs={epochs}',
