@@ -14,10 +14,11 @@ once to a jaxpr; its constants are the closed-over arrays, and the jaxpr is comp
 
 What the program computes from the weights alone (the input gradient's flipped and transposed kernels, the
 phase kernels' stacks, eval-mode BatchNorm's scales) is computed once, not in every call: embedded, XLA
-folds it at compile time; as arguments it ran in every call, and a ResNet-18 APGD iteration at 64 points
-took 7% longer than with embedded weights (`docs/hoisted_jit_cpu.py`, docs/benchmarks.md). The jaxpr's
-operations whose inputs all derive from the weights, and whose output is no larger than their inputs, run
-once per function in a prologue; the program takes its outputs as arguments.
+folds it at compile time; as arguments it ran in every call, and ResNet-18's input gradient at 64 points
+took 0.412-0.430 s a call against 0.406-0.408 s with it computed once and 0.413-0.416 s embedded
+(`docs/hoisted_jit_cpu.py`, docs/benchmarks.md). So the jaxpr's operations whose inputs all derive from the
+weights, and whose output is no larger than their inputs, run once per function in a prologue, and the
+program takes the prologue's outputs as arguments.
 """
 
 import functools
@@ -118,26 +119,28 @@ def _placed(consts, flat):
 
 
 def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: Optional[int] = None,
-        **jit_kwargs) -> Callable:
+        prologue: bool = True, **jit_kwargs) -> Callable:
   """jax.jit(fn, static_argnames=..., **jit_kwargs), with fn's closed-over arrays as arguments when they
-  hold at least min_bytes (decided at the first call; below it, plain jax.jit for every later signature).
+  hold at least min_bytes (MIN_BYTES unless given; decided at the first call; below it, plain jax.jit for
+  every later signature), and what depends on them alone computed once (`prologue`; False: in every call).
   Each signature is traced once.
 
   Static arguments are passed by keyword. Usable as a decorator, with or without arguments.
   """
   if fn is None:
-    return functools.partial(jit, static_argnames=static_argnames, min_bytes=min_bytes, **jit_kwargs)
+    return functools.partial(jit, static_argnames=static_argnames, min_bytes=min_bytes, prologue=prologue,
+                             **jit_kwargs)
   static_argnames = tuple(static_argnames)
   min_bytes = MIN_BYTES if min_bytes is None else min_bytes
   plain = jax.jit(fn, static_argnames=static_argnames, **jit_kwargs)
   programs, hoisting, computed = {}, [], {}
 
-  def prologue_outputs(prologue, originals, consts):
-    """The prologue's outputs on consts (originals, placed), computed once per prologue and originals: the
-    signatures of one function share them."""
-    key = (str(prologue), tuple(id(c) for c in originals))
+  def once_outputs(once, originals, consts):
+    """The prologue `once`'s outputs on consts (originals, placed), computed once per prologue and
+    originals: the signatures of one function share them."""
+    key = (str(once), tuple(id(c) for c in originals))
     if key not in computed:  # The originals are kept, so their ids stay theirs.
-      outputs = jax.jit(lambda values: jax.core.eval_jaxpr(prologue, values),
+      outputs = jax.jit(lambda values: jax.core.eval_jaxpr(once, values),
                         compiler_options=run_once_options())(consts)
       computed[key] = (originals, _placed(outputs, consts))
     return computed[key][1]
@@ -158,12 +161,15 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
       closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*flat)
       if not hoisting:
         hoisting.append(sum(int(getattr(c, 'nbytes', 0)) for c in closed.consts) >= min_bytes)
-      if hoisting[0]:
-        prologue, main = _split(closed.jaxpr)
-        consts = _placed(closed.consts, flat)
-        kept = [c for v, c in zip(closed.jaxpr.constvars, consts) if v in set(main.constvars)]
-        consts = kept + prologue_outputs(prologue, closed.consts, consts)
+      if hoisting[0] and prologue:
+        once, main = _split(closed.jaxpr)
+        consts, read = _placed(closed.consts, flat), set(main.constvars)
+        consts = [c for v, c in zip(closed.jaxpr.constvars, consts) if v in read] + once_outputs(
+            once, closed.consts, consts)
         body = lambda consts, *leaves: jax.core.eval_jaxpr(main, consts, *leaves)
+      elif hoisting[0]:
+        consts = _placed(closed.consts, flat)
+        body = lambda consts, *leaves: jax.core.eval_jaxpr(closed.jaxpr, consts, *leaves)
       else:  # The trace that found the weights small, compiled with them embedded (as plain jax.jit would).
         consts = []
         body = lambda _, *leaves: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves)
