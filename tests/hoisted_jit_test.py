@@ -80,8 +80,8 @@ def _conv_net(seed):
 
 def test_what_depends_on_the_weights_alone_is_computed_once_not_in_every_call():
   """The input gradient's flipped kernels, read with input and output swapped, and the scale's rsqrt are the
-  prologue's: the program has no reverse, transpose or rsqrt; jax.jit's program with the weights as
-  arguments (what `hoisted_jit` compiled before) has all three."""
+  prologue's: the program has no reverse, transpose or rsqrt; without the prologue (`prologue=False`, what
+  `hoisted_jit` compiled before) it has all three."""
   logits_fn = _conv_net(0)
   gradient = lambda x: jax.grad(lambda z: jnp.sum(logits_fn(z) ** 2))(x)
   x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 4))

@@ -72,22 +72,16 @@ def test_eight_devices_train_three_steps_like_one_device(tmp_path):
 
 @pytest.mark.xla_optimized  # AutoAttack's loops on 8 simulated devices.
 def test_eight_devices_evaluate_every_point_like_one_device(tmp_path):
+  """Also with every program's weights as `hoisted_jit` arguments and its prologue's outputs replicated over
+  the 8 devices (`eval_hoisted`): the points the one-device run with embedded weights gives."""
   one, eight = _worker('eval', 1, tmp_path), _worker('eval', 8, tmp_path)
   assert int(eight['devices']) == 8 and int(one['count']) == int(eight['count']) == 64
   assert (int(one['clean']), int(one['pgd'])) == (int(eight['clean']), int(eight['pgd']))
   assert 0 < one['robust'].sum() < 64  # The check has points on both sides.
-  np.testing.assert_array_equal(eight['robust'], one['robust'])
-  np.testing.assert_array_equal(eight['y_adv'], one['y_adv'])
-
-
-@pytest.mark.xla_optimized
-def test_eight_devices_with_hoisted_weights_evaluate_like_one_device_with_embedded_weights(tmp_path):
-  """`hoisted_jit`'s weights as arguments and its prologue's outputs, replicated over 8 devices, give the
-  points the one-device program with embedded weights gives."""
-  one, eight = _worker('eval', 1, tmp_path), _worker('eval_hoisted', 8, tmp_path)
-  assert int(eight['devices']) == 8 and 0 < one['robust'].sum() < 64
-  np.testing.assert_array_equal(eight['robust'], one['robust'])
-  np.testing.assert_array_equal(eight['y_adv'], one['y_adv'])
+  hoisted = _worker('eval_hoisted', 8, tmp_path)
+  for run in (eight, hoisted):
+    np.testing.assert_array_equal(run['robust'], one['robust'])
+    np.testing.assert_array_equal(run['y_adv'], one['y_adv'])
 
 
 def _train(tmp_path, name, processes, devices, epochs, extra=()):
