@@ -5,9 +5,11 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rpat_jax import hoisted_jit
+from rpat_jax import cpu_convs, hoisted_jit, models
+from rpat_jax.autoattack import apgd
 
 
 def _model(seed):
@@ -106,3 +108,27 @@ def test_a_weight_broadcast_to_the_batch_stays_in_the_program():
   np.testing.assert_allclose(hoisted(x), jax.jit(fn)(x), rtol=1e-6)
   arguments = jax.tree.leaves(hoisted.lower(x).args_info)
   assert sum(int(np.prod(a.shape)) for a in arguments) == x.size + weight.size  # x, and exp(weight) once.
+
+
+@pytest.mark.parametrize('name', models.MODEL_NAMES)
+def test_every_model_as_the_attacks_run_it_gives_the_same_values_with_and_without_prologue(name):
+  """Each architecture's eval-mode logits and APGD's input gradient, in `cpu_convs`' forms, with the weights
+  hoisted: the values computed in every call, to float rounding (BatchNorm statistics away from 0 and 1).
+  The weights as arguments in both: embedded, ResNet-18 alone takes seconds to compile. The tolerance is
+  1e-3 of the largest value: in-program and folded (or prologue) BatchNorm scales round differently, and a
+  gradient's terms cancel (ResNet-18: 1e-4 of its largest entry); a wrong kernel or scale is off by O(1)."""
+  fields = {'depth': 10, 'widen_factor': 2} if name == 'wide_resnet' else {}
+  model = models.create_model(name, 10, **fields)
+  size = 64 if name == 'preact_resnet18_benchmarks' else 32
+  x = jax.random.uniform(jax.random.key(1), (2, size, size, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  variables = jax.tree.map(lambda a: a * 1.1 + 0.01 if a.ndim == 1 else a, variables)
+  logits_fn = cpu_convs.for_attacks(lambda z: model.apply(variables, z, train=False).astype(jnp.float32))
+  gradient = lambda z: apgd.loss_and_grad(logits_fn, 'ce', jnp.array([1, 2]), None, z)
+  for fn in (logits_fn, gradient):
+    got, want = hoisted_jit.jit(fn, min_bytes=0)(x), hoisted_jit.jit(fn, min_bytes=0, prologue=False)(x)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      if jnp.issubdtype(b.dtype, jnp.floating):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))))
+      else:
+        np.testing.assert_array_equal(a, b)
