@@ -15,8 +15,8 @@ once to a jaxpr; its constants are the closed-over arrays, and the jaxpr is comp
 What the program computes from the weights alone (the input gradient's flipped and transposed kernels, the
 phase kernels' stacks, eval-mode BatchNorm's scales) is computed once, not in every call: embedded, XLA
 folds it at compile time; as arguments it ran in every call, and ResNet-18's input gradient at 64 points
-took 0.412-0.430 s a call against 0.406-0.408 s with it computed once and 0.413-0.416 s embedded
-(`docs/hoisted_jit_cpu.py`, docs/benchmarks.md). So the jaxpr's operations whose inputs all derive from the
+took 0.412-0.430 s a call against 0.406-0.408 s with it computed once and 0.413-0.416 s embedded (the
+medians of two runs of `docs/hoisted_jit_cpu.py`, docs/benchmarks.md). So the jaxpr's operations whose inputs all derive from the
 weights, and whose output is no larger than their inputs, run once per function in a prologue, and the
 program takes the prologue's outputs as arguments.
 """
