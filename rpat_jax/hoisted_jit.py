@@ -16,9 +16,9 @@ What the program computes from the weights alone (the input gradient's flipped a
 phase kernels' stacks, eval-mode BatchNorm's scales) is computed once, not in every call: embedded, XLA
 folds it at compile time; as arguments it ran in every call, and ResNet-18's input gradient at 64 points
 took 0.412-0.430 s a call against 0.406-0.408 s with it computed once and 0.413-0.416 s embedded (the
-medians of two runs of `docs/hoisted_jit_cpu.py`, docs/benchmarks.md). So the jaxpr's operations whose inputs all derive from the
-weights, and whose output is no larger than their inputs, run once per function in a prologue, and the
-program takes the prologue's outputs as arguments.
+medians of two runs of `docs/hoisted_jit_cpu.py`, docs/benchmarks.md). So the jaxpr's operations whose
+inputs all derive from the weights, and whose output is no larger than their inputs, run once per function
+in a prologue, and the program takes the prologue's outputs as arguments.
 """
 
 import functools
@@ -92,10 +92,9 @@ def _split(jaxpr):
       if eqn.primitive is primitives.conv_general_dilated_p and eqn.invars[1] in known:
         eqn = _with_kernel_in_standard_layout(eqn, prologue)
       rest.append(eqn)
-  read = [a for eqn in rest for a in eqn.invars if variable(a)] + [a for a in jaxpr.outvars if variable(a)]
-  read_set = set(read)
-  outputs = list(dict.fromkeys(a for eqn in prologue for a in eqn.outvars if a in read_set))
-  constants = [a for a in jaxpr.constvars if a in read_set]
+  read = {a for eqn in rest for a in eqn.invars if variable(a)} | {a for a in jaxpr.outvars if variable(a)}
+  outputs = list(dict.fromkeys(a for eqn in prologue for a in eqn.outvars if a in read))
+  constants = [a for a in jaxpr.constvars if a in read]
   return (jaxpr.replace(invars=[], outvars=outputs, eqns=prologue, effects=frozenset(),
                         debug_info=jaxpr.debug_info._replace(arg_names=(), result_paths=None)),
           jaxpr.replace(constvars=constants + outputs, eqns=rest))
@@ -161,15 +160,14 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
       closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*flat)
       if not hoisting:
         hoisting.append(sum(int(getattr(c, 'nbytes', 0)) for c in closed.consts) >= min_bytes)
-      if hoisting[0] and prologue:
-        once, main = _split(closed.jaxpr)
-        consts, read = _placed(closed.consts, flat), set(main.constvars)
-        consts = [c for v, c in zip(closed.jaxpr.constvars, consts) if v in read] + once_outputs(
-            once, closed.consts, consts)
+      if hoisting[0]:
+        main, consts = closed.jaxpr, _placed(closed.consts, flat)
+        if prologue:
+          once, main = _split(closed.jaxpr)
+          read = set(main.constvars)
+          consts = [c for v, c in zip(closed.jaxpr.constvars, consts) if v in read] + once_outputs(
+              once, closed.consts, consts)
         body = lambda consts, *leaves: jax.core.eval_jaxpr(main, consts, *leaves)
-      elif hoisting[0]:
-        consts = _placed(closed.consts, flat)
-        body = lambda consts, *leaves: jax.core.eval_jaxpr(closed.jaxpr, consts, *leaves)
       else:  # The trace that found the weights small, compiled with them embedded (as plain jax.jit would).
         consts = []
         body = lambda _, *leaves: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves)
