@@ -19,11 +19,16 @@ took 0.412-0.430 s a call against 0.406-0.408 s with it computed once and 0.413-
 medians of two runs of `docs/hoisted_jit_cpu.py`, docs/benchmarks.md). So the jaxpr's operations whose
 inputs all derive from the weights, and whose output is no larger than their inputs, run once per function
 in a prologue, and the program takes the prologue's outputs as arguments.
+
+Hoisting rewrites jaxprs with `jax.extend.core`, tested on the jax that requirements.txt pins. Where a
+rewrite fails (another jax release, say an accelerator machine's own), one log line says so and that
+program is compiled with the weights embedded: the same values, compiled more slowly, never a stopped run.
 """
 
 import functools
 from typing import Callable, Optional, Sequence
 
+from absl import logging
 import jax
 import jax.extend
 import numpy as np
@@ -100,6 +105,14 @@ def _split(jaxpr):
           jaxpr.replace(constvars=constants + outputs, eqns=rest))
 
 
+def _warn_not_hoisted(error: Exception) -> None:
+  """One log line: hoisting rewrites jaxprs through jax.extend.core, whose details may change with the jax
+  release; where they fail, the program is compiled with the weights embedded (the same values, compiled
+  slower), not stopped."""
+  logging.warning('hoisted_jit: the weights stay embedded in this program (jax %s could not hoist them: %s: %s)',
+                  jax.__version__, type(error).__name__, error)
+
+
 def _signature(flat, tree, static):
   return tree, tuple((jax.typeof(leaf), _placement(leaf)) for leaf in flat), static
 
@@ -144,6 +157,16 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
       computed[key] = (originals, _placed(outputs, consts))
     return computed[key][1]
 
+  def hoisted(closed, flat):
+    """(body, consts): the traced program as a function of its constants (the prologue's outputs among them)."""
+    main, consts = closed.jaxpr, _placed(closed.consts, flat)
+    if prologue:
+      once, main = _split(closed.jaxpr)
+      read = set(main.constvars)
+      consts = [c for v, c in zip(closed.jaxpr.constvars, consts) if v in read] + once_outputs(
+          once, closed.consts, consts)
+    return (lambda consts, *leaves: jax.core.eval_jaxpr(main, consts, *leaves)), consts
+
   def program(args, kwargs):
     """(the jitted function of (consts, *leaves), consts, leaves, output tree) for these arguments; None
     where fn's closed-over arrays are too small to hoist and plain jax.jit runs this signature."""
@@ -160,17 +183,14 @@ def jit(fn: Callable = None, *, static_argnames: Sequence[str] = (), min_bytes: 
       closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*flat)
       if not hoisting:
         hoisting.append(sum(int(getattr(c, 'nbytes', 0)) for c in closed.consts) >= min_bytes)
+      body, consts = None, []
       if hoisting[0]:
-        main, consts = closed.jaxpr, _placed(closed.consts, flat)
-        if prologue:
-          once, main = _split(closed.jaxpr)
-          read = set(main.constvars)
-          consts = [c for v, c in zip(closed.jaxpr.constvars, consts) if v in read] + once_outputs(
-              once, closed.consts, consts)
-        body = lambda consts, *leaves: jax.core.eval_jaxpr(main, consts, *leaves)
-      else:  # The trace that found the weights small, compiled with them embedded (as plain jax.jit would).
-        consts = []
-        body = lambda _, *leaves: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves)
+        try:
+          body, consts = hoisted(closed, flat)
+        except Exception as error:  # pylint: disable=broad-except
+          _warn_not_hoisted(error)
+      if body is None:  # Compiled with the weights embedded, as plain jax.jit would (this trace, not another).
+        body, consts = lambda _, *leaves: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves), []
       programs[signature] = (jax.jit(body, **jit_kwargs), consts, jax.tree.structure(out_shape))
     run, consts, out_tree = programs[signature]
     return run, consts, flat, out_tree

@@ -132,3 +132,21 @@ def test_every_model_as_the_attacks_run_it_gives_the_same_values_with_and_withou
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))))
       else:
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_rewrite_that_fails_compiles_the_program_with_the_weights_embedded(monkeypatch, caplog):
+  logits_fn = _model(2)
+
+  def failing_split(jaxpr):
+    raise AttributeError('no such field in this jax')
+  monkeypatch.setattr(hoisted_jit, '_split', failing_split)
+  hoisted = hoisted_jit.jit(lambda x: jax.grad(lambda z: jnp.sum(logits_fn(z) ** 2))(x), min_bytes=0)
+  x = jax.random.uniform(jax.random.key(3), (8, 64))
+  with caplog.at_level('WARNING'):
+    got = hoisted(x)
+  np.testing.assert_allclose(got, jax.jit(jax.grad(lambda z: jnp.sum(logits_fn(z) ** 2)))(x), rtol=1e-6)
+  assert 'weights stay embedded' in caplog.text and 'no such field in this jax' in caplog.text
+  arguments = lambda jitted: len(jax.tree.leaves(jitted.lower(x).args_info))
+  assert arguments(hoisted) == 1  # x alone: the weights are constants of the program.
+  monkeypatch.undo()
+  assert arguments(hoisted_jit.jit(lambda x: jax.grad(lambda z: jnp.sum(logits_fn(z) ** 2))(x), min_bytes=0)) > 1
