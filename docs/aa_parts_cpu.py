@@ -6,8 +6,8 @@ WORKDIR is a quick-start run (`python -m rpat_jax.main --config=configs/smoke.py
 points are its first N synthetic test images with their labels, Linf 8/255, one batch of N, as the
 benchmark's eval row (`python -m rpat_jax.bench --what=eval`). Ours runs twice, the second timed, its
 programs read from JAX's persistent compilation cache as the benchmark's second call does (a temporary
-directory unless one is configured), each attack's seconds read from the ensemble's log; the official code's from its own log
-(cumulative there, differenced here). Prints one JSON line (docs/benchmarks.md).
+directory unless one is configured), each attack's seconds read from the ensemble's log; the official
+code's from its own log (cumulative there, differenced here). Prints one JSON line (docs/benchmarks.md).
 """
 import json
 import logging

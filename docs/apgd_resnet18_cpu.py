@@ -10,8 +10,8 @@ batch of N, timed in two pairs that do the same work:
 - the evaluation: ours `ensemble.evaluate` (clean pass, attack, a forward pass deciding what it fooled),
   the official `AutoAttack(version='custom', attacks=['apgd-ce']).run_standard_evaluation` (its checks, clean
   pass, `APGDAttack.perturb`, the same deciding pass);
-- the attack alone: ours `ensemble.make_attack('apgd-ce', ...)` on a fresh engine, with its own clean pass,
-  the official `APGDAttack.perturb`, which makes one too.
+- the attack alone: ours `ensemble.make_attack('apgd-ce', ...)` on a fresh `ensemble.attack_setup`, with
+  its own clean pass, the official `APGDAttack.perturb`, which makes one too.
 After our first (compiling) call, the four run in turn REPEAT times (the machine's speed drifts; taking
 turns exposes all to the same drift); the seconds are the medians, and each run's seconds are listed.
 Ours read their programs from JAX's persistent compilation cache, as the done-when benchmark's second call
@@ -31,8 +31,8 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from configs import smoke  # pylint: disable=wrong-import-position
-from rpat_jax import cpu_chunks, cpu_convs, parallel  # pylint: disable=wrong-import-position
-from rpat_jax.autoattack import apgd, compacted, ensemble  # pylint: disable=wrong-import-position
+from rpat_jax import cpu_convs  # pylint: disable=wrong-import-position
+from rpat_jax.autoattack import apgd, ensemble  # pylint: disable=wrong-import-position
 from rpat_jax.bench import eval_bench, torch_step  # pylint: disable=wrong-import-position
 
 def seconds(fn, repeat=3):
@@ -82,10 +82,9 @@ def main():
                                        attack_options={'apgd-ce': options})
 
   def attack_alone():  # As `ensemble.evaluate` builds it; clean=None: the attack makes its own clean pass.
-    fast = cpu_convs.for_attacks(logits_fn)
-    engine = compacted.Engine(fast, parallel.make_mesh(), n)
+    fast, engine, gradient_logits_fn = ensemble.attack_setup(logits_fn, n)
     attack = ensemble.make_attack('apgd-ce', fast, norm='Linf', eps=eps, seed=0, options=options,
-                                  gradient_logits_fn=cpu_chunks.for_gradients(fast, engine.devices))
+                                  gradient_logits_fn=gradient_logits_fn)
     return attack(engine, x, y, np.arange(n))[0]
 
   eval_bench._compilation_cache()  # pylint: disable=protected-access

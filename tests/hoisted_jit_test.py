@@ -145,12 +145,13 @@ def test_a_rewrite_that_fails_is_an_error_on_a_tested_jax_else_the_weights_stay_
   with pytest.raises(AttributeError, match='no such field'):
     hoisted_jit.jit(lambda x: logits_fn(x), min_bytes=0)(x)
   monkeypatch.setattr(hoisted_jit, 'TESTED_JAX', ())  # Another jax release.
-  hoisted = hoisted_jit.jit(lambda x: jax.grad(lambda z: jnp.sum(logits_fn(z) ** 2))(x), min_bytes=0)
+  gradient = jax.grad(lambda z: jnp.sum(logits_fn(z) ** 2))
+  hoisted = hoisted_jit.jit(gradient, min_bytes=0)
   with caplog.at_level('WARNING'):
     got = hoisted(x)
-  np.testing.assert_allclose(got, jax.jit(jax.grad(lambda z: jnp.sum(logits_fn(z) ** 2)))(x), rtol=1e-6)
+  np.testing.assert_allclose(got, jax.jit(gradient)(x), rtol=1e-6)
   assert 'weights stay embedded' in caplog.text and 'no such field in this jax' in caplog.text
   arguments = lambda jitted: len(jax.tree.leaves(jitted.lower(x).args_info))
   assert arguments(hoisted) == 1  # x alone: the weights are constants of the program.
   monkeypatch.undo()
-  assert arguments(hoisted_jit.jit(lambda x: jax.grad(lambda z: jnp.sum(logits_fn(z) ** 2))(x), min_bytes=0)) > 1
+  assert arguments(hoisted_jit.jit(gradient, min_bytes=0)) > 1

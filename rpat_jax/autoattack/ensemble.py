@@ -198,6 +198,16 @@ class _State:
     paths.write_atomic(path, buffer.getvalue())
 
 
+def attack_setup(logits_fn: Callable, batch_size: int):
+  """(logits_fn in its attack form, the engine, the form gradients go through): what every attack of an
+  evaluation runs on. On a CPU the convolutions take XLA:CPU's fast forms (`cpu_convs`) and a light
+  network's gradients go in chunks (`cpu_chunks`); chunks of points are split over every device of every
+  process, results coming back replicated to each."""
+  logits_fn = cpu_convs.for_attacks(logits_fn)
+  engine = compacted.Engine(logits_fn, parallel.make_mesh(), batch_size)
+  return logits_fn, engine, cpu_chunks.for_gradients(logits_fn, engine.devices)
+
+
 def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 255, version: str = 'standard',
              seed: int = 0, batch_size: int = 500, attacks: Optional[Sequence[str]] = None,
              attack_options: Optional[Dict[str, Dict]] = None, state_path: Optional[str] = None,
@@ -226,10 +236,7 @@ def evaluate(logits_fn: Callable, x, y, *, norm: str = 'Linf', eps: float = 8 / 
   if x.ndim != 4 or len(x) != len(y) or x.min() < 0 or x.max() > 1:
     raise ValueError(f'x must be [N, H, W, C] in [0, 1] with one label each; got {x.shape}, {y.shape}')
   started = time.time()
-  logits_fn = cpu_convs.for_attacks(logits_fn)  # On a CPU: convolutions in XLA:CPU's fast forms.
-  # Chunks are split over every device of every process; results come back replicated to each.
-  engine = compacted.Engine(logits_fn, parallel.make_mesh(), batch_size)
-  gradient_logits_fn = cpu_chunks.for_gradients(logits_fn, engine.devices)
+  logits_fn, engine, gradient_logits_fn = attack_setup(logits_fn, batch_size)
 
   clean_logits = engine.logits(x)  # One pass: clean accuracy, the checks and every attack's clean logits.
   clean_prediction = clean_logits.argmax(1).astype(np.int32)
