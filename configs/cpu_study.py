@@ -18,7 +18,7 @@ AutoAttack about 17.5-19% on the first 1,000 test images for PGD-AT with or with
 clean for standard and noise.
 """
 
-from rpat_jax import defaults
+from rpat_jax.config import defaults
 
 
 def get_config(arg=None):

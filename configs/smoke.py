@@ -8,7 +8,7 @@ on 2 CPU cores. Expect clean accuracy well above the 10% of chance and a clearly
 after the last epoch.
 """
 
-from rpat_jax import defaults
+from rpat_jax.config import defaults
 
 
 def get_config(arg=None):

@@ -14,12 +14,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from rpat_jax import config_validation
+from rpat_jax.config import validation
 from rpat_jax import data
 from rpat_jax import optim
-from rpat_jax import parallel
+from rpat_jax.sharding import parallel
 from rpat_jax import steps
-from rpat_jax import threats
+from rpat_jax.config import threats
 from rpat_jax.forward import Forward
 
 
@@ -75,11 +75,11 @@ def create(config: ml_collections.ConfigDict, *, info: Optional[data.DatasetInfo
   """
   config = threats.resolve(config)
   if validate:
-    config_validation.validate(config, jax.device_count())
+    validation.validate(config, jax.device_count())
   info = info or data.describe(config.data)
   steps_per_epoch = info.num_train // config.batch_size
   if validate and steps_per_epoch < 1:
-    raise config_validation.ConfigError(
+    raise validation.ConfigError(
         f'batch_size={config.batch_size} exceeds the {info.num_train} training images; allowed: at most that')
   return Experiment(config=config, info=info, mesh=parallel.make_mesh(),
                     forward=Forward.from_config(config.model, info.num_classes),

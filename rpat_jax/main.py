@@ -18,16 +18,16 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from rpat_jax import checkpointing
-from rpat_jax import cli as cli_lib
-from rpat_jax import config_validation
+from rpat_jax.run import checkpointing
+from rpat_jax.run import cli as cli_lib
+from rpat_jax.config import validation
 from rpat_jax import data
-from rpat_jax import distributed
-from rpat_jax import metrics_log
-from rpat_jax import paths
-from rpat_jax import preemption
-from rpat_jax import run_config
-from rpat_jax import threats
+from rpat_jax.sharding import distributed
+from rpat_jax.run import metrics_log
+from rpat_jax.run import paths
+from rpat_jax.run import preemption
+from rpat_jax.run import saved_config
+from rpat_jax.config import threats
 from rpat_jax import train
 from rpat_jax.data import prepare
 
@@ -52,17 +52,17 @@ def main(argv, cli) -> None:
   metrics_log.quiet_library_logs()
   try:
     config = threats.resolve(cli.config.value)
-    config_validation.validate(config, device_count=None)  # What needs no device: before joining.
+    validation.validate(config, device_count=None)  # What needs no device: before joining.
     prepare.ensure_prepared(config.data)  # CIFAR-10/100 on first use; one process per data_dir writes.
     distributed.initialize_from_flags(cli.distributed)
     logging.info('process %d of %d; %d local / %d global devices (%s)', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
     distributed.check_same_everywhere('--config', config.to_json_best_effort(sort_keys=True))
     distributed.check_same_everywhere('--workdir', cli.workdir.value)
-    config_validation.validate(config, jax.device_count())
+    validation.validate(config, jax.device_count())
     train.train_and_evaluate(config, cli.workdir.value)
-  except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError, paths.PathError,
-          run_config.ConfigChangeError, prepare.PrepareError) as error:
+  except (validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError, paths.PathError,
+          saved_config.ConfigChangeError, prepare.PrepareError) as error:
     cli_lib.fail(PROG, error)
   except (checkpointing.CheckpointError, train.NonFiniteLossError) as error:
     cli_lib.fail(PROG, error, status=1)

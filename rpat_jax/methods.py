@@ -30,6 +30,7 @@ import ml_collections
 
 from rpat_jax import attacks
 from rpat_jax import objectives
+from rpat_jax.config import errors
 
 INPUTS = ('clean', 'adv', 'interp', 'shifted')
 RPAT_NAMES = ('clean', 'adv', 'interp')  # The logits RPAT reads: z(x), z(x'), z(x~).
@@ -70,9 +71,9 @@ class Method:
   views: int = 1
   teacher: Optional[Teacher] = None
   post_step_input: Optional[str] = None
-  # rpat.fused_forward may run the passes as one forward over the concatenated inputs (shared BN statistics).
+  # passes.fused may run the passes as one forward over the concatenated inputs (shared BN statistics).
   allows_fused_forward: bool = False
-  # Extra checks of the method's own config keys: config -> None, raising config_validation.ConfigError.
+  # Extra checks of the method's own config keys: config -> None, raising config.errors.ConfigError.
   validate: Optional[Callable[[ml_collections.ConfigDict], None]] = None
 
   def passes_for(self, rpat: bool) -> Tuple[Pass, ...]:
@@ -239,14 +240,13 @@ def _rpat_plus_plus_term(config, teacher_logits, logits):
 
 
 def _validate_rebat(config):
-  from rpat_jax import config_validation as checks  # pylint: disable=import-outside-toplevel (a cycle)
-  checks.require(config.ema.enabled, f'method={config.method} needs the weight average as its teacher; '
+  errors.require(config.ema.enabled, f'method={config.method} needs the weight average as its teacher; '
                  'allowed: ema.enabled=True')
-  checks.require(isinstance(config.rebat.beta, (int, float)) and config.rebat.beta >= 0,
+  errors.require(isinstance(config.rebat.beta, (int, float)) and config.rebat.beta >= 0,
                  f'rebat.beta={config.rebat.beta!r} must be a number >= 0')
-  checks.require(isinstance(config.rebat.rate, (int, float)) and 0 < config.rebat.rate < 1,
+  errors.require(isinstance(config.rebat.rate, (int, float)) and 0 < config.rebat.rate < 1,
                  f'rebat.rate={config.rebat.rate!r}; allowed: strictly between 0 and 1')
-  checks.choice('rebat.teacher_bn', config.rebat.teacher_bn, ('eval', 'official'))
+  errors.choice('rebat.teacher_bn', config.rebat.teacher_bn, ('eval', 'official'))
 
 
 # ------------------------------------------------------------------------------------ the built-ins

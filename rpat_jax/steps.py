@@ -91,24 +91,24 @@ def _train_forwards(forward: Forward, params, stats, groups: Sequence[jax.Array]
   return outputs, stats
 
 
-def train_passes(forward: Forward, rpat: ml_collections.ConfigDict, params, stats,
+def train_passes(forward: Forward, passes_config: ml_collections.ConfigDict, params, stats,
                  passes: Sequence[methods.Pass], inputs: Mapping[str, jax.Array]):
   """Runs a method's train-mode forwards in their declared order.
 
   inputs: {name: images}, 'interp' stacked [R, B, ...]. Returns ({pass name: logits [B, K], or [R, B, K]
-  for 'interp'}, final batch_stats). `rpat.batched_forwards`: one vmapped pass, each input with its own
-  batch statistics (the official semantics); `rpat.fused_forward`: one forward over the concatenated
+  for 'interp'}, final batch_stats). `passes.batched` (passes_config.batched): one vmapped pass, each input
+  with its own batch statistics (the official semantics); `passes.fused`: one forward over the concatenated
   inputs, one set of batch statistics for all (faster, not official).
   """
   groups = [inputs[p.input] if p.input == 'interp' else inputs[p.input][None] for p in passes]
-  if rpat.fused_forward:
+  if passes_config.fused:
     flat = jnp.concatenate([group.reshape((-1,) + group.shape[2:]) for group in groups])
     logits, stats = forward.train_logits(params, stats, flat)
     sizes = np.cumsum([group.shape[0] * group.shape[1] for group in groups])[:-1]
     outputs = [part.reshape(group.shape[:2] + part.shape[1:])
                for part, group in zip(jnp.split(logits, sizes), groups)]
   else:
-    outputs, stats = _train_forwards(forward, params, stats, groups, rpat.batched_forwards)
+    outputs, stats = _train_forwards(forward, params, stats, groups, passes_config.batched)
   logits = {p.name: (out if p.input == 'interp' else out[0]) for p, out in zip(passes, outputs)}
   return logits, stats
 
@@ -214,7 +214,7 @@ def make_train_step(config: ml_collections.ConfigDict, forward: Forward, steps_p
       targets, teacher_stats = teacher_logits(config, forward, method.teacher, state.ema, epoch, inputs)
 
     def loss_fn(params):
-      logits, stats = train_passes(forward, rpat, params, state.batch_stats, passes, inputs)
+      logits, stats = train_passes(forward, config.passes, params, state.batch_stats, passes, inputs)
       loss, aux = method.loss(config, logits, labels)
       if method.teacher is not None:  # From the warm-up epoch on: before it the average is a copy.
         aux['teacher_loss'] = guarded_teacher_term(config, method.teacher, targets, logits)

@@ -7,7 +7,7 @@ permutation keyed by (data key, e)), so a resumed run repeats an uninterrupted o
 middle of an epoch (the epoch's per-step metrics so far are in the checkpoint).
 
 Before anything is built the workdir is made and proved writable, locked against a second run, and its
-`config.json` compared with the config (`run_config`); every failure is one line (`main` prints it).
+`config.json` compared with the config (`saved_config`); every failure is one line (`main` prints it).
 """
 
 import dataclasses
@@ -20,15 +20,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from rpat_jax import checkpointing
-from rpat_jax import distributed
-from rpat_jax import metrics_log
-from rpat_jax import parallel
-from rpat_jax import paths
-from rpat_jax import preemption
-from rpat_jax import run_config
+from rpat_jax.run import checkpointing
+from rpat_jax.sharding import distributed
+from rpat_jax.run import metrics_log
+from rpat_jax.sharding import parallel
+from rpat_jax.run import paths
+from rpat_jax.run import preemption
+from rpat_jax.run import saved_config
 from rpat_jax import steps
-from rpat_jax import workdir_lock
+from rpat_jax.run import workdir_lock
 from rpat_jax.experiment import Experiment
 from rpat_jax.experiment import create as create_experiment
 
@@ -99,7 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final state.
 
   Raises (each with a one-line message): paths.PathError (workdir not writable or reachable),
-  workdir_lock.WorkdirBusyError, run_config.ConfigChangeError, checkpointing.CheckpointError (nothing
+  workdir_lock.WorkdirBusyError, saved_config.ConfigChangeError, checkpointing.CheckpointError (nothing
   readable to resume, or a save failed), NonFiniteLossError, and preemption.Preempted once a signal in
   `stop_signals` ended the run with a checkpoint of its last step.
   """
@@ -110,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     nonlocal lock
     paths.make_dir(workdir)
     lock = workdir_lock.WorkdirLock(workdir)
-    run_config.check_resume(config, workdir)
+    saved_config.check_resume(config, workdir)
 
   try:
     distributed.on_process_zero(take_workdir)
@@ -161,7 +161,7 @@ def _train(config, workdir, lock, stop) -> steps.TrainState:
   earlier_seconds = meta.pop('epoch_seconds', 0.0)
   meta.pop('step', None)
   if jax.process_index() == 0:  # The run is consistent: record (or extend) its config.
-    run_config.write(config, workdir)
+    saved_config.write(config, workdir)
 
   # Each process reads only the rows its devices hold; the arrays stay on the devices for the whole run.
   train_images, train_labels = experiment.train_data()

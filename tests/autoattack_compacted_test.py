@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import aa_reference as ref
-from rpat_jax import parallel
+from rpat_jax.sharding import parallel
 from rpat_jax.attacks import point_keys
 from rpat_jax.autoattack import apgd, compacted, ensemble, fab, square
 

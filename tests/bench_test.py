@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from helpers import ROOT, tiny_config
 from rpat_jax import attacks
 from rpat_jax import experiment
 from rpat_jax import steps

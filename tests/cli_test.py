@@ -8,8 +8,8 @@ import sys
 import pytest
 from absl import flags
 
-from conftest import ROOT
-from rpat_jax import cli
+from helpers import ROOT
+from rpat_jax.run import cli
 from rpat_jax import main as train_main
 from rpat_jax.evaluate import __main__ as evaluate_main
 
@@ -88,12 +88,14 @@ def test_evaluation_errors_are_one_line_and_create_nothing(flag, message, capsys
 
 
 def test_evaluation_takes_the_runs_own_config_when_none_is_given(capsys, monkeypatch, tmp_path):
-  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
-  from rpat_jax import config_validation, run_config, threats  # pylint: disable=import-outside-toplevel
-  run_config.write(tiny_config(), tmp_path)
-  recorded = threats.resolve(run_config.read(tmp_path))
-  config_validation.validate(recorded, device_count=1)
-  assert run_config.changed_keys(json.loads(run_config.as_json(recorded)), tiny_config()) == []
+  from helpers import tiny_config  # pylint: disable=import-outside-toplevel
+  from rpat_jax.config import validation  # pylint: disable=import-outside-toplevel
+  from rpat_jax.run import saved_config  # pylint: disable=import-outside-toplevel
+  from rpat_jax.config import threats  # pylint: disable=import-outside-toplevel
+  saved_config.write(tiny_config(), tmp_path)
+  recorded = threats.resolve(saved_config.read(tmp_path))
+  validation.validate(recorded, device_count=1)
+  assert saved_config.changed_keys(json.loads(saved_config.as_json(recorded)), tiny_config()) == []
   holders = _parse(evaluate_main, ['evaluate', f'--workdir={tmp_path / "no_run"}'], monkeypatch)
   with pytest.raises(SystemExit) as exit_info:
     evaluate_main.main(['evaluate'], holders)

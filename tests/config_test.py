@@ -1,5 +1,6 @@
 """Config files resolve to the documented settings, and each bad value gets its one-line error."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +8,10 @@ import sys
 import pytest
 
 from configs import cpu_study, default, prn18, resnet18, smoke, wrn
-from rpat_jax import config_validation, threats
+from rpat_jax.config import defaults
+from rpat_jax.config import threats
+from rpat_jax.config import validation
+from rpat_jax.run import saved_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +40,7 @@ def test_defaults_follow_the_official_benchmark_recipe():
       'linf', 8 / 255, 2 / 255, 10)
   assert config.attack.bn_mode == 'eval'
   assert config.rpat.enabled and config.rpat.lam == 1.0 and tuple(config.rpat.rates) == (0.5,)
-  assert config.rpat.form == 'code' and not config.rpat.fused_forward and not config.rpat.detach_target
+  assert config.rpat.form == 'code' and not config.passes.fused and not config.rpat.detach_target
 
 
 def test_the_cpu_study_differs_from_the_official_recipe_only_where_its_docstring_says():
@@ -69,7 +73,7 @@ def test_norm_alone_selects_its_threat_budget():
 def test_smoke_argument_shrinks_any_config_and_unknown_argument_fails():
   config = threats.resolve(wrn.get_config('smoke'))
   assert config.data.name == 'synthetic' and config.epochs == 1 and config.model.name == 'wide_resnet'
-  config_validation.validate(config, device_count=1)
+  validation.validate(config, device_count=1)
   with pytest.raises(ValueError, match='allowed: smoke, cifar10, cifar100'):
     prn18.get_config('tiny')
 
@@ -86,11 +90,11 @@ def test_config_strings_select_one_table_row():
   config = threats.resolve(wrn.get_config('mart,rpat,smoke'))
   assert (config.method, config.rpat.enabled, config.data.name, config.attack.eps) == ('mart', True, 'synthetic',
                                                                                        8 / 255)
-  config_validation.validate(config, device_count=1)
+  validation.validate(config, device_count=1)
 
 
 def test_smoke_config_is_valid():
-  config_validation.validate(_resolved(), device_count=1)
+  validation.validate(_resolved(), device_count=1)
 
 
 @pytest.mark.parametrize('overrides,key', [
@@ -98,7 +102,7 @@ def test_smoke_config_is_valid():
     ({'beta': -1.0}, 'beta='),
     ({'consistency.lam': -1.0}, 'consistency.lam='),
     ({'consistency.temperature': 0.0}, 'consistency.temperature='),
-    ({'method': 'trades', 'rpat.fused_forward': True}, 'rpat.fused_forward='),
+    ({'method': 'trades', 'passes.fused': True}, 'passes.fused='),
     ({'model.name': 'resnet50'}, 'model.name='),
     ({'model.dtype': 'float16'}, 'model.dtype='),
     ({'data.name': 'no_such_dataset', 'data.data_dir': '/nonexistent'}, 'data.name='),
@@ -130,14 +134,14 @@ def test_smoke_config_is_valid():
 ])
 def test_each_bad_value_names_its_key(overrides, key):
   config = _resolved(**overrides)
-  with pytest.raises(config_validation.ConfigError, match=key.replace('.', r'\.')) as error:
-    config_validation.validate(config, device_count=1)
+  with pytest.raises(validation.ConfigError, match=key.replace('.', r'\.')) as error:
+    validation.validate(config, device_count=1)
   assert '\n' not in str(error.value)
 
 
 def test_batch_size_must_divide_over_devices():
-  with pytest.raises(config_validation.ConfigError, match='not divisible by the 3 devices'):
-    config_validation.validate(_resolved(), device_count=3)
+  with pytest.raises(validation.ConfigError, match='not divisible by the 3 devices'):
+    validation.validate(_resolved(), device_count=3)
 
 
 def test_cli_prints_one_line_and_exits_2_before_compiling(tmp_path):
@@ -148,3 +152,38 @@ def test_cli_prints_one_line_and_exits_2_before_compiling(tmp_path):
   errors = [line for line in result.stderr.splitlines() if line.startswith('rpat_jax: error:')]
   assert len(errors) == 1 and 'attack.eps=8.0' in errors[0] and '8/255' in errors[0]
   assert not os.path.exists(tmp_path / 'checkpoints')  # Nothing was built.
+
+
+@pytest.mark.parametrize('old, new', sorted(defaults.MOVED_KEYS.items()))
+def test_a_moved_key_is_refused_in_one_line_naming_its_new_place(tmp_path, old, new):
+  """On the command line (before anything is built) and in a config file written for the old layout."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'rpat_jax.main', '--config=configs/smoke.py', f'--workdir={tmp_path}',
+       f'--config.{old}=True'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  errors = [line for line in result.stderr.splitlines() if line.startswith('rpat_jax: error:')]
+  assert result.returncode == 2 and errors == [f"rpat_jax: error: --config.{old}=True: the key '{old}' is now '{new}'"]
+  config = _resolved()
+  group, leaf = old.split('.')
+  config[group][leaf] = True  # What an old config file's `config.rpat.fused_forward = True` does.
+  with pytest.raises(validation.ConfigError, match=f"the key '{old}' is now '{new}'"):
+    validation.validate(config, device_count=1)
+
+
+def test_a_run_recorded_with_the_old_keys_reads_and_resumes_with_the_new(tmp_path):
+  config = _resolved(**{'passes.batched': True})
+  saved_config.write(config, tmp_path)
+  recorded = json.loads((tmp_path / 'config.json').read_text())
+  recorded['rpat']['batched_forwards'] = recorded.pop('passes')['batched']
+  recorded['rpat']['fused_forward'] = False
+  (tmp_path / 'config.json').write_text(json.dumps(recorded))
+  assert saved_config.check_resume(config, tmp_path)  # No change refused: the same run.
+  read = saved_config.read(tmp_path)
+  assert read.passes.batched is True and read.passes.fused is False and 'fused_forward' not in read.rpat
+  with pytest.raises(saved_config.ConfigChangeError, match='passes.batched: true -> false'):
+    saved_config.check_resume(_resolved(), tmp_path)
+
+
+def test_a_config_file_importing_a_moved_module_still_works():
+  with pytest.warns(DeprecationWarning, match='rpat_jax.defaults is now rpat_jax.config.defaults'):
+    from rpat_jax import defaults as old  # pylint: disable=import-outside-toplevel
+  assert old is defaults

@@ -1,4 +1,4 @@
-"""Shared test set-up: fast compilation for the whole session, and a tiny, fast version of the smoke config.
+"""The session's set-up: fast compilation, the test order and scheduling (helpers for tests: helpers.py).
 
 The suite compiles hundreds of small programs and runs most of them a few times, so compilation is most
 of its time. Two settings, also inherited by the processes tests start (environment variables):
@@ -16,10 +16,8 @@ of its time. Two settings, also inherited by the processes tests start (environm
 """
 
 import atexit
-import contextlib
 import os
 import shutil
-import sys
 import tempfile
 
 _OPTIMIZE_ALL = os.environ.get('RPAT_TEST_OPTIMIZE') == '1'
@@ -44,12 +42,7 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs',
 jax.config.update('jax_persistent_cache_min_entry_size_bytes',
                   int(os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES']))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `configs` is imported as a package from the repository root.
-  sys.path.insert(0, ROOT)
-
-from configs import smoke  # noqa: E402
-from rpat_jax import threats  # noqa: E402
+from helpers import xla_optimized  # noqa: E402
 
 
 def pytest_configure(config):
@@ -72,33 +65,14 @@ def pytest_xdist_make_scheduler(config, log):
   """Work stealing in place of xdist's default 'load' schedule.
 
   'load' hands a worker that asks for more tests a fixed share of those left, and that share can be a
-  run of slow tests: one worker then ran 75 s on its own at the end while the other sat idle (suite on
-  2 workers: 323 s). With work stealing an idle worker takes half of the other's queue: 293 s, the
-  two ending within a second (docs/benchmarks.md). An explicit --dist other than 'load' is kept.
+  run of slow tests, which one worker then runs alone at the end while the other sits idle. With work
+  stealing an idle worker takes half of the other's queue, and the two end together. An explicit --dist
+  other than 'load' is kept.
   """
   if config.getoption('dist') != 'load':
     return None
   from xdist.scheduler import WorkStealingScheduling  # pylint: disable=import-outside-toplevel
   return WorkStealingScheduling(config, log)
-
-
-def _optimize(on: bool) -> None:
-  jax.config.update('jax_disable_most_optimizations', not on)
-  os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '0' if on else '1'  # For the processes a test starts.
-
-
-@contextlib.contextmanager
-def xla_optimized():
-  """XLA's optimisations on inside the block: for the part of a test that runs attack loops (AutoAttack),
-  where unoptimised programs run several times slower."""
-  if os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] == '0':  # Already on.
-    yield
-    return
-  _optimize(True)
-  try:
-    yield
-  finally:
-    _optimize(False)
 
 
 @pytest.fixture(autouse=True)
@@ -109,21 +83,3 @@ def _xla_optimizations(request):
     return
   with xla_optimized():
     yield
-
-
-def tiny_config(**overrides):
-  """A small CNN (width 8) on 16x16 synthetic images: 4 steps of 64 per epoch, PGD-2."""
-  config = smoke.get_config()
-  config.model.width = 8
-  config.data.synthetic.num_train = 256
-  config.data.synthetic.num_test = 64
-  config.data.synthetic.image_size = 16
-  config.batch_size = 64
-  config.epochs = 2
-  config.attack.steps = 2
-  config.eval.batch_size = 32
-  config.eval.pgd_steps = 2
-  config.log.progress = 'none'
-  config = threats.resolve(config)
-  config.update_from_flattened_dict(overrides)
-  return config

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rpat_jax import cpu_chunks
+from rpat_jax.cpu import chunks
 
 
 def gradients(conv, inputs, kernel, padding, cotangent):
@@ -61,5 +61,5 @@ def gradient_convolutions(conv, inputs, kernel, padding=((1, 1), (1, 1))):
     if eqn.primitive.name == 'conv_general_dilated':
       found.append(eqn)
   jaxpr = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(conv(x, kernel, padding))))(inputs)
-  cpu_chunks.walk_equations(jaxpr.jaxpr, visit)
+  chunks.walk_equations(jaxpr.jaxpr, visit)
   return found

@@ -1,4 +1,4 @@
-"""Evaluation's convolutions in XLA:CPU's fast forms (`cpu_convs`): thin inputs on padded channels and
+"""Evaluation's convolutions in XLA:CPU's fast forms (`convs`): thin inputs on padded channels and
 stride-2 input gradients in phases give the same logits and gradients, on the layers they are for, and
 every other layer is left as written."""
 
@@ -8,7 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rpat_jax import cpu_chunks, cpu_convs, models
+from rpat_jax import models
+from rpat_jax.cpu import chunks
+from rpat_jax.cpu import convs
+from rpat_jax import cpu
+
+pytestmark = pytest.mark.skipif(not cpu.enabled(), reason='a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
 
 
 class _Net(nn.Module):
@@ -35,7 +40,7 @@ def _convolution_input_channels(fn, x):
   def visit(eqn):
     if eqn.primitive.name == 'conv_general_dilated':
       found.append(eqn.invars[0].aval.shape[-1])
-  cpu_chunks.walk_equations(jax.make_jaxpr(fn)(x).jaxpr, visit)
+  chunks.walk_equations(jax.make_jaxpr(fn)(x).jaxpr, visit)
   return found
 
 
@@ -46,7 +51,7 @@ def _dilated_convolutions(fn, x):
   def visit(eqn):
     if eqn.primitive.name == 'conv_general_dilated' and any(d != 1 for d in eqn.params['lhs_dilation']):
       found.append(eqn)
-  cpu_chunks.walk_equations(jax.make_jaxpr(fn)(x).jaxpr, visit)
+  chunks.walk_equations(jax.make_jaxpr(fn)(x).jaxpr, visit)
   return len(found)
 
 
@@ -56,9 +61,9 @@ def _input_gradient(fn):
 
 def test_the_rgb_stem_runs_on_padded_channels_with_the_same_logits_and_gradients():
   logits_fn, x = _problem()
-  padded = cpu_convs.for_attacks(logits_fn)
+  padded = convs.for_attacks(logits_fn)
   assert _convolution_input_channels(logits_fn, x) == [3, 8]
-  assert _convolution_input_channels(padded, x) == [cpu_convs.MIN_CHANNELS, 8]  # Only the stem changed.
+  assert _convolution_input_channels(padded, x) == [convs.MIN_CHANNELS, 8]  # Only the stem changed.
   np.testing.assert_allclose(jax.jit(padded)(x), jax.jit(logits_fn)(x), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(jax.jit(_input_gradient(padded))(x), jax.jit(_input_gradient(logits_fn))(x),
                              rtol=1e-5, atol=1e-7)
@@ -72,10 +77,10 @@ def test_functions_without_flax_convolutions_and_other_backends_are_left_alone(m
   plain = lambda images: jax.lax.conv_general_dilated(images, weights, (1, 1), 'SAME',
                                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC')).mean((1, 2))
   x = jnp.ones((2, 8, 8, 3))
-  assert _convolution_input_channels(cpu_convs.for_attacks(plain), x) == [3]  # Not a Flax layer: as written.
+  assert _convolution_input_channels(convs.for_attacks(plain), x) == [3]  # Not a Flax layer: as written.
   logits_fn, _ = _problem()
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert cpu_convs.for_attacks(logits_fn) is logits_fn
+  assert convs.for_attacks(logits_fn) is logits_fn
 
 
 @pytest.mark.parametrize('model, fields, strided', [
@@ -86,8 +91,8 @@ def test_the_models_agree_in_the_fast_forms(model, fields, strided):
   x = jax.random.uniform(jax.random.key(3), (2, 16, 16, 3))
   variables = net.init(jax.random.key(4), x, train=False)
   logits_fn = lambda images: net.apply(variables, images, train=False)
-  padded = cpu_convs.for_attacks(logits_fn)
-  assert _convolution_input_channels(padded, x)[0] == cpu_convs.MIN_CHANNELS
+  padded = convs.for_attacks(logits_fn)
+  assert _convolution_input_channels(padded, x)[0] == convs.MIN_CHANNELS
   np.testing.assert_allclose(jax.jit(padded)(x), jax.jit(logits_fn)(x), rtol=1e-5, atol=1e-5)
   assert _dilated_convolutions(_input_gradient(logits_fn), x) == strided
   assert _dilated_convolutions(_input_gradient(padded), x) == 0

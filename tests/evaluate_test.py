@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tiny_config
+from helpers import ROOT, tiny_config
 from rpat_jax import evaluate, train
 
 SMALL_AA = {'apgd-ce': {'n_iter': 5}, 'apgd-t': {'n_iter': 5, 'n_target_classes': 3},
@@ -54,7 +54,8 @@ def test_cli_rejects_unknown_attacks_with_one_line(tmp_path):
 def test_the_weight_average_is_trained_checkpointed_and_evaluated_when_asked(tmp_path, trained):
   import jax.numpy as jnp
   import numpy as np
-  from rpat_jax import checkpointing, data, experiment
+  from rpat_jax import data, experiment
+  from rpat_jax.run import checkpointing
   config, workdir, state = trained
   row = json.loads(open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()[-1])
   assert {'test_ema_clean_acc', 'test_ema_pgd_acc', 'test_clean_acc'} <= set(row)

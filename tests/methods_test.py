@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from rpat_jax import config_validation, data, experiment, methods, objectives, steps, threats
+from helpers import tiny_config
+from rpat_jax import data, experiment, methods, objectives, steps
+from rpat_jax.config import validation
+from rpat_jax.config import threats
 
 # The train-mode forwards of each method's loss in the official call order (each one moves the BN running
 # statistics), without and with RPAT: [B] adv_train(_ra).py, adv_trades(_ra).py, adv_mart(_ra).py,
@@ -44,7 +46,7 @@ def test_each_builtin_method_declares_the_official_forward_order(name):
 
 
 def test_the_train_step_and_the_validation_know_no_method_by_name():
-  for module in (steps, config_validation):
+  for module in (steps, validation):
     source = inspect.getsource(module)
     assert not [name for name in methods.names() if f"'{name}'" in source], module.__name__
   assert methods.names() == tuple(OFFICIAL_ORDERS)
@@ -100,8 +102,8 @@ def test_bad_declarations_are_refused_with_the_field_named(logit_pairing):
     methods.register(methods.Method(name='bad', attack=methods.pgd_ce_attack, loss=_logit_pairing_loss,
                                     passes=(P('adv', 'adv'),), rpat_passes=(P('adv', 'adv'),)))
   assert 'bad' not in methods.names()
-  with pytest.raises(config_validation.ConfigError, match="method='nope' is not allowed; allowed: pgd_at"):
-    config_validation.validate(tiny_config(method='nope'), device_count=1)
+  with pytest.raises(validation.ConfigError, match="method='nope' is not allowed; allowed: pgd_at"):
+    validation.validate(tiny_config(method='nope'), device_count=1)
 
 
 @pytest.mark.parametrize('method', ['rebat', 'rpat_plus_plus'])
@@ -133,7 +135,7 @@ def test_the_figure_references_train_on_x_and_on_uniform_noise_in_the_box():
   from configs import smoke  # pylint: disable=import-outside-toplevel
   config = threats.resolve(smoke.get_config('standard'))
   assert config.method == 'standard' and not config.rpat.enabled
-  config_validation.validate(config, device_count=1)
+  validation.validate(config, device_count=1)
   x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
   labels = jnp.zeros(4, jnp.int32)
   assert methods.get('standard').attack(config, None, jax.random.key(1), x, labels) is x

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rpat_jax import defaults, models
+from rpat_jax import models
+from rpat_jax.config import defaults
 from rpat_jax.models import layers
 
 

@@ -14,8 +14,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from conftest import tiny_config  # noqa: E402
-from rpat_jax import autoattack, data, experiment, hoisted_jit, parallel, train  # noqa: E402
+from helpers import tiny_config  # noqa: E402
+from rpat_jax import autoattack, data, experiment, train  # noqa: E402
+from rpat_jax.cpu import hoisted_jit  # noqa: E402
+from rpat_jax.sharding import parallel  # noqa: E402
 
 
 def _setup():
@@ -64,7 +66,7 @@ def evaluation_hoisted(out: str):
 
 def mismatch(_):
   """Joins with local.sh's flags, then compares a config that differs by process: must fail in one line."""
-  from rpat_jax import distributed
+  from rpat_jax.sharding import distributed
   flags = dict(arg[2:].split('=', 1) for arg in sys.argv[3:])
   distributed.initialize('auto', coordinator=flags['coordinator_address'], num_processes=int(flags['num_processes']),
                          process_id=int(flags['process_id']), timeout=int(flags['init_timeout']))

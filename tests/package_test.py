@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 BINARIES = ('rpat_jax.main', 'rpat_jax.evaluate.__main__', 'rpat_jax.convert.__main__', 'rpat_jax.bench.__main__',
             'rpat_jax.data.tiny_imagenet', 'rpat_jax.data.prepare', 'rpat_jax.perception.__main__',
@@ -55,8 +55,9 @@ def test_the_wheel_holds_every_subpackage_and_runs_from_another_directory(tmp_pa
     archive.extractall(tmp_path / 'site')
     metadata = archive.read(next(n for n in names if n.endswith('METADATA'))).decode()
   packages = {os.path.dirname(name) for name in names if name.endswith('.py')}
-  assert packages == {'rpat_jax', 'rpat_jax/autoattack', 'rpat_jax/bench', 'rpat_jax/convert', 'rpat_jax/data',
-                      'rpat_jax/evaluate', 'rpat_jax/models', 'rpat_jax/perception', 'rpat_jax/report'}
+  assert packages == {'rpat_jax', 'rpat_jax/autoattack', 'rpat_jax/bench', 'rpat_jax/config', 'rpat_jax/convert',
+                      'rpat_jax/cpu', 'rpat_jax/data', 'rpat_jax/evaluate', 'rpat_jax/models', 'rpat_jax/perception',
+                      'rpat_jax/report', 'rpat_jax/run', 'rpat_jax/sharding'}
   assert 'rpat_jax/report/paper_points.json' in names  # Package data: the report's reference points.
   assert 'Requires-Dist: jax==' in metadata and 'Requires-Dist: ml-collections==' in metadata
   elsewhere = tmp_path / 'elsewhere'

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rpat_jax import distributed, parallel
+from rpat_jax.sharding import distributed
+from rpat_jax.sharding import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'multidevice_worker.py')

@@ -11,12 +11,12 @@ from etils.epath import backend
 from etils.epath import gpath
 from etils.epath import register
 
-from conftest import ROOT
-from conftest import tiny_config
-from rpat_jax import metrics_log
-from rpat_jax import paths
-from rpat_jax import run_config
-from rpat_jax import workdir_lock
+from helpers import ROOT
+from helpers import tiny_config
+from rpat_jax.run import metrics_log
+from rpat_jax.run import paths
+from rpat_jax.run import saved_config
+from rpat_jax.run import workdir_lock
 from rpat_jax.autoattack import ensemble
 
 
@@ -47,10 +47,10 @@ def test_the_run_records_live_on_a_non_local_store(memory_store):
   workdir = paths.make_dir('memory://run')
   assert str(workdir) == 'memory://run' and memory_store.isdir('/run')
   config = tiny_config()
-  run_config.write(config, workdir)
-  assert run_config.check_resume(tiny_config(epochs=5), workdir)
-  with pytest.raises(run_config.ConfigChangeError, match='seed: 0 -> 1'):
-    run_config.check_resume(tiny_config(seed=1), workdir)
+  saved_config.write(config, workdir)
+  assert saved_config.check_resume(tiny_config(epochs=5), workdir)
+  with pytest.raises(saved_config.ConfigChangeError, match='seed: 0 -> 1'):
+    saved_config.check_resume(tiny_config(seed=1), workdir)
 
   log = metrics_log.MetricsLog(workdir, resume_epoch=0)  # TensorBoard is skipped there, with a warning.
   for epoch in (1, 2, 3):
@@ -96,7 +96,7 @@ def test_an_unreachable_bucket_fails_in_one_line_and_writes_nothing_locally(tmp_
 
 def test_no_module_touches_workdir_files_but_through_the_path_layer():
   """Workdir files go through `paths` (etils.epath), so gs:// never becomes a local ./gs: directory."""
-  for module in ('train.py', 'metrics_log.py', 'checkpointing.py', 'run_config.py', 'evaluate/__init__.py',
+  for module in ('train.py', 'run/metrics_log.py', 'run/checkpointing.py', 'run/saved_config.py', 'evaluate/__init__.py',
                  'evaluate/variables.py', 'autoattack/ensemble.py'):
     with open(os.path.join(ROOT, 'rpat_jax', module)) as f:
       source = f.read()

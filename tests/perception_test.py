@@ -82,7 +82,7 @@ def test_the_binary_writes_its_json_and_figure_for_a_run(tmp_path, capsys, monke
   import json  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from helpers import tiny_config  # pylint: disable=import-outside-toplevel
   from rpat_jax import train  # pylint: disable=import-outside-toplevel
   from rpat_jax.perception import __main__ as binary  # pylint: disable=import-outside-toplevel
   train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))

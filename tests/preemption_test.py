@@ -17,14 +17,14 @@ import chex
 import jax
 import pytest
 
-from conftest import ROOT
-from conftest import tiny_config
-from rpat_jax import checkpointing
-from rpat_jax import metrics_log
-from rpat_jax import preemption
-from rpat_jax import run_config
+from helpers import ROOT
+from helpers import tiny_config
+from rpat_jax.run import checkpointing
+from rpat_jax.run import metrics_log
+from rpat_jax.run import preemption
+from rpat_jax.run import saved_config
 from rpat_jax import train
-from rpat_jax import workdir_lock
+from rpat_jax.run import workdir_lock
 
 TIMING = ('epoch_seconds', 'images_per_second', 'eval_seconds')
 # tiny_config on the command line (the subprocess tests resume runs it made, so the configs must agree).
@@ -155,7 +155,7 @@ def _main(workdir, *flags_, monkeypatch, capsys):
 def test_a_busy_workdir_and_a_changed_config_are_refused_in_one_line(tmp_path, monkeypatch, capsys):
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  run_config.write(tiny_config(), workdir)  # A run's record: the refusals come before anything is built.
+  saved_config.write(tiny_config(), workdir)  # A run's record: the refusals come before anything is built.
   recorded = (workdir / 'config.json').read_text()
   status, line = _main(workdir, '--config.epochs=3', '--config.model.width=4', '--config.rpat.lam=0.5',
                        monkeypatch=monkeypatch, capsys=capsys)
@@ -239,19 +239,19 @@ def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
 
 def test_config_changes_that_alter_the_run_are_refused_the_rest_allowed(tmp_path):
   config = tiny_config()
-  run_config.write(config, tmp_path)
+  saved_config.write(config, tmp_path)
   allowed = tiny_config(**{'epochs': 9, 'eval.every_epochs': 2, 'log.every_steps': 3, 'checkpoint.keep': 1,
                            'data.data_dir': '/elsewhere', 'attack.unroll': True})
-  assert run_config.check_resume(allowed, tmp_path)
+  assert saved_config.check_resume(allowed, tmp_path)
   for key, value in (('model.width', 4), ('method', 'trades'), ('attack.eps', 4 / 255), ('rpat.rates', (0.3,)),
                      ('optimizer.momentum', 0.5), ('batch_size', 32), ('seed', 1), ('data.name', 'cifar10'),
                      ('schedule.milestones', (1,))):
-    with pytest.raises(run_config.ConfigChangeError, match=f'{key}: ') as error:
-      run_config.check_resume(tiny_config(**{key: value}), tmp_path)
+    with pytest.raises(saved_config.ConfigChangeError, match=f'{key}: ') as error:
+      saved_config.check_resume(tiny_config(**{key: value}), tmp_path)
     assert '\n' not in str(error.value)
   (tmp_path / 'config.json').write_text('{"model": ')  # A damaged record is refused, not overwritten.
-  with pytest.raises(run_config.ConfigChangeError, match='cannot be read'):
-    run_config.check_resume(config, tmp_path)
+  with pytest.raises(saved_config.ConfigChangeError, match='cannot be read'):
+    saved_config.check_resume(config, tmp_path)
 
 
 def test_a_non_finite_loss_stops_within_the_progress_interval(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from conftest import ROOT
+from helpers import ROOT
 from configs import default
 from rpat_jax import data
 from rpat_jax.data import cifar

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from rpat_jax import report
-from rpat_jax import run_config
+from rpat_jax.run import saved_config
 from rpat_jax.report import __main__ as binary
 from rpat_jax.report import figures
 
@@ -32,7 +32,7 @@ def _run(root, name, config, clean=None, aa=None, pgd20=None, epochs=3, step=Non
   """A run directory as training and evaluation leave it."""
   workdir = root / name
   workdir.mkdir()
-  run_config.write(config, str(workdir))
+  saved_config.write(config, str(workdir))
   rows = [{'epoch': e, 'step': 20 * e, 'lr': 0.1 / e, 'train_loss': 2.0 / e, 'train_acc': 0.1 * e,
            'test_clean_acc': 0.2 * e, 'test_pgd_acc': 0.1 * e} for e in range(1, epochs + 1)]
   (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
@@ -70,10 +70,10 @@ def test_mean_nrr_and_budget_names():
   assert report.mean_and_nrr(0.0, 0.0) == (0.0, 0.0)
   assert report.fraction_of_255(8 / 255) == '8/255' and report.fraction_of_255(0.5) == '0.5'
   # The paper's points are found by these names: the package's own configs must produce them.
-  named = {(report.architecture(run_config.flatten(_config(config_file=f).to_dict())), f) for f in ('prn18', 'wrn')}
+  named = {(report.architecture(saved_config.flatten(_config(config_file=f).to_dict())), f) for f in ('prn18', 'wrn')}
   assert named == {('PreActResNet-18', 'prn18'), ('WideResNet-34-10', 'wrn')}
-  from rpat_jax import threats  # pylint: disable=import-outside-toplevel
-  l2 = run_config.flatten(threats.resolve(_config(config_file='prn18', words='l2')).to_dict())
+  from rpat_jax.config import threats  # pylint: disable=import-outside-toplevel
+  l2 = saved_config.flatten(threats.resolve(_config(config_file='prn18', words='l2')).to_dict())
   assert report.threat(l2) == 'L2 128/255'
   published = figures.paper_points()
   assert 'arXiv 2508.02186' in published['source']

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from helpers import tiny_config
 from rpat_jax import data, experiment, methods, steps
 
 
@@ -78,7 +78,7 @@ def test_forwards_run_in_the_official_order_with_their_own_batch_statistics():
   config, forward, state, batch = _setup()
   x = data.to_float(batch['image'])
   x_adv = jnp.clip(x + 0.03, 0, 1)
-  logits, stats = steps.train_passes(forward, config.rpat, state.params, state.batch_stats,
+  logits, stats = steps.train_passes(forward, config.passes, state.params, state.batch_stats,
                                      methods.get('pgd_at').rpat_passes, _inputs(config, x, x_adv))
   z_adv, z_interp, z_clean = logits['adv'], logits['interp'], logits['clean']
   expected_stats = state.batch_stats
@@ -95,16 +95,16 @@ def test_forwards_run_in_the_official_order_with_their_own_batch_statistics():
 
 
 def test_fused_forward_shares_one_set_of_batch_statistics():
-  config, forward, state, batch = _setup(**{'rpat.fused_forward': True})
+  config, forward, state, batch = _setup(**{'passes.fused': True})
   x = data.to_float(batch['image'])
   x_adv = jnp.clip(x + 0.03, 0, 1)
-  logits, _ = steps.train_passes(forward, config.rpat, state.params, state.batch_stats,
+  logits, _ = steps.train_passes(forward, config.passes, state.params, state.batch_stats,
                                  methods.get('pgd_at').rpat_passes, _inputs(config, x, x_adv))
   z_adv, z_interp, z_clean = logits['adv'], logits['interp'], logits['clean']
   stacked = jnp.concatenate([x_adv, 0.5 * x + 0.5 * x_adv, x])
   logits, _ = forward.train_logits(state.params, state.batch_stats, stacked)
   np.testing.assert_allclose(jnp.concatenate([z_adv, z_interp[0], z_clean]), logits, rtol=1e-5, atol=1e-5)
-  _, metrics = _run({'rpat.fused_forward': True})
+  _, metrics = _run({'passes.fused': True})
   assert np.isfinite(float(metrics['loss']))
 
 
@@ -114,7 +114,7 @@ def test_batched_forwards_give_the_official_sequence(method):
   and sequentially updated running statistics; two rates cover the per-rate group."""
   overrides = {'method': method, 'rpat.rates': (0.3, 0.7)}
   separate, separate_metrics = _run(overrides)
-  batched, batched_metrics = _run({**overrides, 'rpat.batched_forwards': True})
+  batched, batched_metrics = _run({**overrides, 'passes.batched': True})
   np.testing.assert_allclose(batched_metrics['loss'], separate_metrics['loss'], rtol=1e-6)
   for name in ('params', 'batch_stats'):
     chex.assert_trees_all_close(getattr(batched, name), getattr(separate, name), atol=1e-6)
@@ -282,17 +282,18 @@ def test_official_teacher_bn_uses_batch_statistics_in_the_first_average_epoch_on
 
 def test_config_strings_give_the_sotas_recipe():
   from configs import prn18
-  from rpat_jax import config_validation, threats
+  from rpat_jax.config import validation
+  from rpat_jax.config import threats
   config = threats.resolve(prn18.get_config('rpat_plus_plus'))
   assert (config.method, config.rpat.enabled, config.ema.enabled, config.ema.start_epoch) == (
       'rpat_plus_plus', False, True, 105)
   assert (config.schedule.name, config.data.pad_mode, config.model.normalize, config.attack.bn_mode) == (
       'rebat_piecewise', 'reflect', True, 'train')
   config.data.name = 'synthetic'  # CIFAR-10 is not prepared here.
-  config_validation.validate(config, device_count=1)
+  validation.validate(config, device_count=1)
   config.ema.enabled = False
-  with pytest.raises(config_validation.ConfigError, match='ema.enabled'):
-    config_validation.validate(config, device_count=1)
+  with pytest.raises(validation.ConfigError, match='ema.enabled'):
+    validation.validate(config, device_count=1)
 
 
 @pytest.mark.parametrize('method', ['rebat', 'rpat_plus_plus'])

@@ -17,7 +17,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import prn18, resnet18, smoke, wrn
-from rpat_jax import config_validation, threats, train
+from rpat_jax import train
+from rpat_jax.config import validation
+from rpat_jax.config import threats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK_METHODS = ('pgd_at', 'trades', 'mart', 'consistency')
@@ -116,4 +118,4 @@ def test_every_readme_command_resolves_to_a_valid_config():
   for name, words in commands:
     config = threats.resolve(files[name].get_config(words))
     config.data.name = 'synthetic'  # Not prepared here; the words' own data checks are above.
-    config_validation.validate(config, device_count=1)
+    validation.validate(config, device_count=1)

@@ -6,7 +6,7 @@ import os
 import chex
 import numpy as np
 
-from conftest import tiny_config
+from helpers import tiny_config
 from rpat_jax import train
 
 

@@ -6,9 +6,8 @@ runs the same iteration functions in another way, for speed:
 - **From the host.** Each APGD or FAB iteration is one call of a jitted step; Square's queries,
   forward passes only, run in `lax` blocks of `check_every`. The host queues calls without waiting and
   reads a small flag only every `check_every` iterations. On XLA:CPU a network's input gradient
-  inside a `lax` loop body ran 2.6x slower than the same gradient compiled on its own (ResNet-18,
-  batch 64: 3.6 s against 1.4 s per iteration; docs/benchmarks.md), whatever the flags; forward-only
-  loop bodies did not slow down. On a GPU calls are asynchronous, so a step costs its kernels plus
+  inside a `lax` loop body ran far slower than the same gradient compiled on its own, whatever the flags
+  (docs/benchmarks.md); forward-only loop bodies did not slow down. On a GPU calls are asynchronous, so a step costs its kernels plus
   microseconds of dispatch, and a read every few iterations only drains the queue briefly.
 - **Only the points that matter.** A run attacks the points still robust, not a masked chunk. Within
   a run, every `check_every` iterations, the points already fooled leave whenever the rest fit a
@@ -36,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rpat_jax import hoisted_jit, parallel
+from rpat_jax.cpu import hoisted_jit
+from rpat_jax.sharding import parallel
 from rpat_jax.attacks import point_keys
 from rpat_jax.autoattack import apgd, fab, square
 
@@ -151,9 +151,8 @@ def make_apgd(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, los
   targeted = loss == 'dlr-targeted'
   runs = n_restarts * (n_target_classes if targeted else 1)
 
-  # The random starts are a program of their own, compiled with little optimisation: threefry's code took
-  # 0.86-0.98 s to compile and 3.3 ms to run for 64 CIFAR images, 0.16-0.17 s and 10 ms so, once per run
-  # (`docs/apgd_compile_cpu.py`, docs/benchmarks.md).
+  # The random starts are a program of their own, compiled on a CPU with little optimisation: threefry's
+  # code compiles several times faster so, and runs once per run (docs/benchmarks.md).
   @functools.partial(jax.jit, compiler_options=hoisted_jit.run_once_options())
   def start_points(consts, run):
     keys = jax.vmap(lambda k: jax.random.fold_in(k, run))(point_keys(key, consts['index']))
@@ -246,7 +245,7 @@ def make_fab(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, targ
     return {'x1': x1, 'adv': x0, 'best': jnp.full(x0.shape[:1], jnp.inf, jnp.float32)}
 
   # The linearisation and the rest of a step are two programs: on XLA:CPU one program holding both the
-  # gradient and the forward pass ran 1.5x slower than the two (small CNN, batch 96: 77 ms against 50 ms).
+  # gradient and the forward pass ran slower than the two (docs/benchmarks.md).
   @hoisted_jit.jit
   def linearise(consts, carry):
     x0, flat_logits = flat_problem(consts)
@@ -337,7 +336,7 @@ def make_square(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, n
     return {'x_best': x_best, 'margin': margin_best}
 
   # Square's queries are forward passes only, and those ran faster as a `lax` loop than called one by one
-  # (small CNN, 64 points: 4.0 ms against 5.6 ms per query; docs/benchmarks.md): the host calls blocks of
+  # on XLA:CPU (docs/benchmarks.md): the host calls blocks of
   # `check_every` queries, and compacts between blocks.
   @hoisted_jit.jit(static_argnames=('length',))
   def block(consts, carry, first, length):

@@ -26,11 +26,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from rpat_jax import autoattack
-from rpat_jax import cli as cli_lib
-from rpat_jax import config_validation
+from rpat_jax.run import cli as cli_lib
+from rpat_jax.config import validation
 from rpat_jax import evaluate
-from rpat_jax import metrics_log
-from rpat_jax import threats
+from rpat_jax.run import metrics_log
+from rpat_jax.config import threats
 from rpat_jax.bench import train_bench
 
 PROG = 'rpat_jax.bench'
@@ -84,17 +84,17 @@ def _check_flags(cli):
                       ('reference_batch_size', cli.reference_batch_size.value), ('n_examples', cli.n_examples.value),
                       ('eval_batch_size', cli.eval_batch_size.value)):
     if value < 1:
-      raise config_validation.ConfigError(f'--{name}={value}; allowed: an integer >= 1')
+      raise validation.ConfigError(f'--{name}={value}; allowed: an integer >= 1')
   evaluate.check_checkpoint(cli.checkpoint.value)
   if cli.workdir.value and not os.path.isdir(cli.workdir.value):
-    raise config_validation.ConfigError(f'--workdir={cli.workdir.value} does not exist')
+    raise validation.ConfigError(f'--workdir={cli.workdir.value} does not exist')
   if cli.aa_calls.value not in (1, 2):
-    raise config_validation.ConfigError(f'--aa_calls={cli.aa_calls.value}; allowed: 1, 2')
+    raise validation.ConfigError(f'--aa_calls={cli.aa_calls.value}; allowed: 1, 2')
   if cli.warmup.value < 0:
-    raise config_validation.ConfigError(f'--warmup={cli.warmup.value}; allowed: an integer >= 0')
+    raise validation.ConfigError(f'--warmup={cli.warmup.value}; allowed: an integer >= 0')
   unknown = set(cli.torch_modes.value) - {'reference', 'tuned'}
   if unknown:
-    raise config_validation.ConfigError(f'--torch_modes has {", ".join(sorted(unknown))}; allowed: reference, tuned')
+    raise validation.ConfigError(f'--torch_modes has {", ".join(sorted(unknown))}; allowed: reference, tuned')
 
 
 def _torch_step(config, cli):
@@ -102,7 +102,7 @@ def _torch_step(config, cli):
   try:
     from rpat_jax.bench import torch_step  # pylint: disable=import-outside-toplevel
   except ImportError as error:
-    raise config_validation.ConfigError(f'--torch needs PyTorch ({error}); pip install -r requirements-test.txt')
+    raise validation.ConfigError(f'--torch needs PyTorch ({error}); pip install -r requirements-test.txt')
   torch_step.check_supported(config, keys=None if cli.what.value == 'train' else ('model.normalize',))
   return torch_step
 
@@ -142,7 +142,7 @@ def main(argv, cli) -> None:
                            dtype=cli.dtype.value or 'float32', aa_version=cli.aa_version.value,
                            workdir=cli.workdir.value, checkpoint=cli.checkpoint.value, with_torch=cli.torch.value,
                            attack_names=cli.attacks.value, aa_calls=cli.aa_calls.value)
-  except (config_validation.ConfigError, ValueError, FileNotFoundError) as error:
+  except (validation.ConfigError, ValueError, FileNotFoundError) as error:
     cli_lib.fail(PROG, error)
   row['command'] = ' '.join(['python -m rpat_jax.bench'] + sys.argv[1:])
   text = json.dumps(row, indent=1, default=float)

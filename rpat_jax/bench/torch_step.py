@@ -92,7 +92,7 @@ def _project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
 # What the twin implements: the keys (and their allowed values) under which its step is ours.
 _TWIN_SUPPORTS = {
     'method': ('pgd_at',), 'model.normalize': (False,), 'attack.bn_mode': ('eval',), 'data.pad_mode': ('constant',),
-    'rpat.form': ('code',), 'rpat.detach_target': (False,), 'rpat.fused_forward': (False,), 'rpat.start_epoch': (0,),
+    'rpat.form': ('code',), 'rpat.detach_target': (False,), 'passes.fused': (False,), 'rpat.start_epoch': (0,),
     'ema.enabled': (False,),
 }
 

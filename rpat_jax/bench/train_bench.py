@@ -12,11 +12,11 @@ from typing import Dict, Tuple
 import jax
 import ml_collections
 
-from rpat_jax import config_validation
+from rpat_jax.config import validation
 from rpat_jax import data
 from rpat_jax import experiment as experiment_lib
-from rpat_jax import parallel
-from rpat_jax import threats
+from rpat_jax.sharding import parallel
+from rpat_jax.config import threats
 from rpat_jax import train
 from rpat_jax.bench import report
 
@@ -52,9 +52,9 @@ def bench_config(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
   config.data.synthetic.update(num_train=count, image_size=side, num_classes=classes)
   config.batch_size = batch_size
   config.model.dtype = dtype
-  config_validation.validate(config, jax.device_count())
+  validation.validate(config, jax.device_count())
   if count < batch_size:
-    raise config_validation.ConfigError(f'batch_size={batch_size} exceeds the {count} training images; '
+    raise validation.ConfigError(f'batch_size={batch_size} exceeds the {count} training images; '
                                         'allowed: at most the dataset size (or a larger --num_train)')
   return config, f'random uint8 images shaped like {name}: {count} x {side}x{side}x3, {classes} classes'
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpat_jax import models
-from rpat_jax import paths
+from rpat_jax.run import paths
 
 
 

@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from rpat_jax import cli as cli_lib
+from rpat_jax.run import cli as cli_lib
 from rpat_jax import convert
 
 PROG = 'rpat_jax.convert'

@@ -8,7 +8,6 @@ processes each one reads only the rows its devices hold (`describe` + `load_rows
 """
 
 import concurrent.futures
-import dataclasses
 import hashlib
 import os
 from typing import Optional, Tuple
@@ -17,29 +16,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from rpat_jax.data.image_dataset import DatasetInfo, ImageDataset
+from rpat_jax.data.synthetic import make_synthetic
+
 _CHUNK = 1000  # Records per read; chunks are decoded in parallel (PIL releases the GIL).
 # Prepared by the trainer when missing (`rpat_jax.data.prepare`): the canonical tarballs need no TensorFlow.
 PREPARED_ON_FIRST_USE = ('cifar10', 'cifar100')
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What the trainer needs before reading any image: split sizes, image shape, class count."""
-  num_train: int
-  num_test: int
-  image_shape: Tuple[int, int, int]
-  num_classes: int
-  name: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageDataset:
-  train_images: np.ndarray  # uint8 [N, H, W, C]
-  train_labels: np.ndarray  # int32 [N]
-  test_images: np.ndarray
-  test_labels: np.ndarray
-  num_classes: int
-  name: str
 
 
 def how_to_prepare(name: str, data_dir: Optional[str]) -> str:
@@ -160,7 +142,6 @@ def _load_split(builder, data_config, split: str) -> Tuple[np.ndarray, np.ndarra
 def load_dataset(data_config: ml_collections.ConfigDict) -> ImageDataset:
   """The train and test splits named by `data_config` as uint8 / int32 numpy arrays."""
   if data_config.name == 'synthetic':
-    from rpat_jax.data.synthetic import make_synthetic
     s = data_config.synthetic
     return make_synthetic(s.num_train, s.num_test, s.image_size, s.num_classes, s.seed)
   builder = _builder(data_config.name, data_config.data_dir)

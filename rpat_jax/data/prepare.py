@@ -281,7 +281,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNam
 
 
 def main(argv, cli) -> None:
-  from rpat_jax import cli as cli_lib  # pylint: disable=import-outside-toplevel
+  from rpat_jax.run import cli as cli_lib  # pylint: disable=import-outside-toplevel
   if len(argv) != 2:
     cli_lib.fail(PROG, f'give one dataset name ({", ".join(NAMES)}), e.g. `python -m {PROG} cifar10`')
   try:
@@ -294,5 +294,5 @@ def main(argv, cli) -> None:
 
 
 if __name__ == '__main__':
-  from rpat_jax import cli as _cli  # pylint: disable=ungrouped-imports
+  from rpat_jax.run import cli as _cli  # pylint: disable=ungrouped-imports
   _cli.run_app(PROG, main, define_flags())

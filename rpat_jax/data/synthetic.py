@@ -9,7 +9,7 @@ being trivial. Deterministic in the seed.
 
 import numpy as np
 
-from rpat_jax.data.dataset import ImageDataset
+from rpat_jax.data.image_dataset import ImageDataset
 
 _WAVES = 4  # Sinusoids per channel and class.
 

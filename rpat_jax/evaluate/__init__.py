@@ -26,12 +26,12 @@ import numpy as np
 from absl import logging
 
 from rpat_jax import autoattack
-from rpat_jax import config_validation
+from rpat_jax.config import validation
 from rpat_jax import data
-from rpat_jax import distributed
-from rpat_jax import paths
-from rpat_jax import threats
-from rpat_jax import workdir_lock
+from rpat_jax.sharding import distributed
+from rpat_jax.run import paths
+from rpat_jax.config import threats
+from rpat_jax.run import workdir_lock
 from rpat_jax.evaluate.pgd import accuracies as pgd_accuracies
 from rpat_jax.evaluate.pgd import make_robustness
 from rpat_jax.evaluate.variables import restore_variables
@@ -100,7 +100,7 @@ def run(config, workdir: str, *, checkpoint: str = 'best', n_examples: int = 100
   started = time.time()
   check_options(checkpoint=checkpoint, n_examples=n_examples, batch_size=batch_size)
   config = threats.resolve(config)
-  config_validation.validate(config, jax.device_count())
+  validation.validate(config, jax.device_count())
   autoattack.ensemble.resolve_attacks(aa_version, attack_names)  # Bad attack names fail before any work.
   info = data.describe(config.data)
   count = info.num_test if n_examples <= 0 else min(n_examples, info.num_test)

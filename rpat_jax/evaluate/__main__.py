@@ -17,15 +17,15 @@ from absl import flags
 from ml_collections import config_flags
 
 from rpat_jax import autoattack
-from rpat_jax import checkpointing
-from rpat_jax import cli as cli_lib
-from rpat_jax import config_validation
+from rpat_jax.run import checkpointing
+from rpat_jax.run import cli as cli_lib
+from rpat_jax.config import validation
 from rpat_jax import data
-from rpat_jax import distributed
+from rpat_jax.sharding import distributed
 from rpat_jax import evaluate
-from rpat_jax import metrics_log
-from rpat_jax import paths
-from rpat_jax import run_config
+from rpat_jax.run import metrics_log
+from rpat_jax.run import paths
+from rpat_jax.run import saved_config
 
 PROG = 'rpat_jax.evaluate'
 
@@ -72,13 +72,13 @@ def main(argv, cli) -> None:
       raise ValueError(f'--aa_options is not JSON: {error}') from None
     if options is not None and not (isinstance(options, dict) and all(isinstance(v, dict) for v in options.values())):
       raise ValueError('--aa_options must be a JSON object of objects, e.g. \'{"square": {"n_queries": 1000}}\'')
-    config = cli.config.value if cli.config.value is not None else run_config.read(cli.workdir.value)
+    config = cli.config.value if cli.config.value is not None else saved_config.read(cli.workdir.value)
     results = evaluate.run(config, cli.workdir.value, checkpoint=cli.checkpoint.value,
                            n_examples=cli.n_examples.value, aa_version=cli.aa_version.value,
                            attack_names=cli.attacks.value, aa_options=options, batch_size=cli.batch_size.value,
                            seed=cli.seed.value, bf16=cli.bf16.value, variables_dir=cli.variables.value,
                            ema=cli.ema.value)
-  except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError,
+  except (validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError,
           FileNotFoundError, ValueError, paths.PathError) as error:  # ConfigChangeError is a ValueError.
     cli_lib.fail(PROG, error)
   except checkpointing.CheckpointError as error:

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpat_jax import attacks
-from rpat_jax import cpu_chunks
-from rpat_jax import cpu_convs
-from rpat_jax import hoisted_jit
-from rpat_jax import parallel
+from rpat_jax import cpu
+from rpat_jax.cpu import chunks
+from rpat_jax.cpu import convs
+from rpat_jax.cpu import hoisted_jit
+from rpat_jax.sharding import parallel
 from rpat_jax.autoattack import losses
 
 LOSSES = {'ce': attacks.cross_entropy_sum, 'cw': losses.cw_loss_sum}
@@ -34,11 +35,11 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
   key = jax.random.key(seed)
   norm, eps, step_size = attack_config.norm, attack_config.eps, attack_config.step_size
   mesh = parallel.make_mesh()
-  logits_fn = cpu_convs.for_attacks(logits_fn)  # On a CPU: convolutions in XLA:CPU's fast forms.
-  gradient_logits_fn = cpu_chunks.for_gradients(logits_fn, mesh.size)
+  logits_fn = convs.for_attacks(logits_fn)  # On a CPU: convolutions in XLA:CPU's fast forms.
+  gradient_logits_fn = chunks.for_gradients(logits_fn, mesh.size)
 
   # The steps are called from the host, one program each: on XLA:CPU a gradient inside a `lax` loop body
-  # ran 2.6x slower than compiled on its own (docs/benchmarks.md); on a GPU the calls queue without a wait.
+  # ran far slower than compiled on its own (docs/benchmarks.md); on a GPU the calls queue without a wait.
   @jax.jit
   def start(xb, first):
     return attacks.random_start(attacks.point_keys(key, first + jnp.arange(xb.shape[0])), xb, norm=norm, eps=eps)
@@ -59,7 +60,7 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
     return still_correct(xb, yb, delta)
 
   def robust(x, y, batch_size: int, loss: str = 'ce') -> np.ndarray:
-    if jax.default_backend() == 'cpu':
+    if cpu.enabled():
       batch_size = min(batch_size, CPU_POINTS_PER_DEVICE * mesh.size)
     return parallel.per_point(functools.partial(robust_batch, loss=loss), x, y, batch_size, mesh)
 

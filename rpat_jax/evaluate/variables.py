@@ -6,7 +6,7 @@ from typing import Optional
 from rpat_jax import convert
 from rpat_jax import experiment as experiment_lib
 from rpat_jax import steps
-from rpat_jax.checkpointing import Checkpoints
+from rpat_jax.run.checkpointing import Checkpoints
 
 
 def restore_variables(config, workdir: str, *, checkpoint: str = 'best', info=None,

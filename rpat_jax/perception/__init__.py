@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpat_jax import attacks
-from rpat_jax import parallel
+from rpat_jax.sharding import parallel
 
 GROUPS = ('all', 'success', 'failure')
 DEFAULT_ALPHAS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)

@@ -18,17 +18,17 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from rpat_jax import cli as cli_lib
-from rpat_jax import checkpointing
-from rpat_jax import config_validation
+from rpat_jax.run import cli as cli_lib
+from rpat_jax.run import checkpointing
+from rpat_jax.config import validation
 from rpat_jax import data
-from rpat_jax import distributed
+from rpat_jax.sharding import distributed
 from rpat_jax import evaluate
-from rpat_jax import metrics_log
-from rpat_jax import paths
+from rpat_jax.run import metrics_log
+from rpat_jax.run import paths
 from rpat_jax import perception
-from rpat_jax import run_config
-from rpat_jax import threats
+from rpat_jax.run import saved_config
+from rpat_jax.config import threats
 from rpat_jax.perception import figure
 
 PROG = 'rpat_jax.perception'
@@ -59,8 +59,8 @@ def run(workdir: str, *, checkpoint: str = 'best', kind: str = 'pgd', n_examples
   evaluate.check_options(checkpoint=checkpoint, n_examples=n_examples, batch_size=batch_size)
   if kind not in ('pgd', 'random'):
     raise ValueError(f'--perturbation={kind}; allowed: pgd, random')
-  config = threats.resolve(run_config.read(workdir))
-  config_validation.validate(config, jax.device_count())
+  config = threats.resolve(saved_config.read(workdir))
+  validation.validate(config, jax.device_count())
   with config.unlocked():
     config.model.dtype = 'float32'
   info = data.describe(config.data)
@@ -98,7 +98,7 @@ def main(argv, cli) -> None:
     result = run(cli.workdir.value, checkpoint=cli.checkpoint.value, kind=cli.perturbation.value,
                  n_examples=cli.n_examples.value, batch_size=cli.batch_size.value, seed=cli.seed.value,
                  ema=cli.ema.value, official_averaging=cli.official_averaging.value)
-  except (config_validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError,
+  except (validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError,
           FileNotFoundError, ValueError, paths.PathError) as error:
     cli_lib.fail(PROG, error)
   except checkpointing.CheckpointError as error:

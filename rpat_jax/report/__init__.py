@@ -13,11 +13,11 @@ import json
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from rpat_jax import metrics_log
-from rpat_jax import paths
+from rpat_jax.run import metrics_log
+from rpat_jax.run import paths
 from rpat_jax import perception
-from rpat_jax import run_config
-from rpat_jax import threats
+from rpat_jax.run import saved_config
+from rpat_jax.config import threats
 
 METRICS = ('clean', 'pgd20', 'aa', 'mean', 'nrr')
 METRIC_NAMES = {'clean': 'Clean', 'pgd20': 'PGD-20', 'aa': 'AA', 'mean': 'Mean', 'nrr': 'NRR'}
@@ -58,7 +58,7 @@ def load_run(path: str, *, name: Optional[str] = None, ema: bool = False) -> Run
   if not root.is_dir():
     raise ReportError(f'{path}: no such run directory')
   try:
-    config = threats.resolve(run_config.read(root)).to_dict()
+    config = threats.resolve(saved_config.read(root)).to_dict()
   except FileNotFoundError as error:
     raise ReportError(f'{path} has no config.json: is it a training run?') from error
   except ValueError as error:
@@ -79,7 +79,7 @@ def load_run(path: str, *, name: Optional[str] = None, ema: bool = False) -> Run
     found = _read_json(root / 'eval' / f'perception_{kind}{suffix}.json', 'perception diagnostic')
     if found is not None:
       perception[kind] = found
-  return Run(path=str(path), name=name or root.name, config=run_config.flatten(config), metrics=metrics, results=results,
+  return Run(path=str(path), name=name or root.name, config=saved_config.flatten(config), metrics=metrics, results=results,
              perception=perception)
 
 

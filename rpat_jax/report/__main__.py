@@ -17,8 +17,8 @@ import types
 
 from absl import flags
 
-from rpat_jax import cli as cli_lib
-from rpat_jax import paths
+from rpat_jax.run import cli as cli_lib
+from rpat_jax.run import paths
 from rpat_jax import report
 from rpat_jax.report import figures
 from rpat_jax.report import tables

@@ -1,0 +1,1 @@
+"""Config: every key and its default, the config words, the threat budgets, and validation."""

@@ -1,0 +1,48 @@
+"""The CPU speed work, behind one gate: forms that exist only because XLA:CPU is slow at something.
+
+Every such path asks `enabled()` and, off the CPU, the plain program runs: `hoisted_jit.jit` is
+`jax.jit`, `convs.for_attacks` and `chunks.for_gradients` return the logits function as written, and the
+compiler options are the backend's defaults. Nothing here was measured on a GPU or TPU, so nothing here
+runs there. The one step taken before JAX starts (an XLA:CPU flag, `xla_flags`) asks
+`expected_before_start()`, which reads the environment instead of starting a backend.
+
+  chunks       attack gradients of a light network in chunks of images on a lone CPU device
+  convs        evaluation's convolutions in XLA:CPU's fast forms (padded thin inputs, patches, phases)
+  patch_conv   an RGB stem's input gradient as one matrix product onto patches
+  phase_conv   a stride-2 convolution's input gradient as one stride-1 convolution per pixel phase
+  hoisted_jit  the attacks' jit with the weights as arguments and their transforms computed once
+  xla_flags    XLA's own (Eigen) convolutions instead of YNNPACK's, set in XLA_FLAGS at import
+
+The figures behind each are in docs/benchmarks.md (CPU table).
+"""
+
+import importlib.metadata
+import importlib.util
+import os
+
+import jax
+
+
+def enabled() -> bool:
+  """True where the CPU forms run: JAX's default backend is the CPU. Asked when a program is built."""
+  return jax.default_backend() == 'cpu'
+
+
+def _accelerator_plugin_installed() -> bool:
+  """Whether JAX will find a GPU or TPU runtime: a `jax_plugins` module or entry point, or libtpu."""
+  return (importlib.util.find_spec('jax_plugins') is not None or importlib.util.find_spec('libtpu') is not None
+          or bool(os.environ.get('TPU_LIBRARY_PATH'))
+          or bool(importlib.metadata.entry_points(group='jax_plugins')))
+
+
+def expected_before_start() -> bool:
+  """Before JAX starts a backend (which would fix its flags): whether its default backend will be the CPU.
+
+  JAX_PLATFORMS decides when set (its first entry is the default); otherwise the CPU is expected only when
+  no accelerator runtime is installed. A wrong guess costs only speed: a CPU flag not set, or set where a
+  GPU or TPU ignores it.
+  """
+  platforms = os.environ.get('JAX_PLATFORMS', '').strip()
+  if platforms:
+    return platforms.split(',')[0].strip() == 'cpu'
+  return not _accelerator_plugin_installed()

@@ -1,0 +1,2 @@
+"""Data parallelism over every device of every host: the mesh, shardings, row-sharded datasets, and
+jax.distributed."""

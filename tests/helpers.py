@@ -1,0 +1,52 @@
+"""What tests share: the repository root, a tiny version of the smoke config, and XLA's optimisations on
+for a block. The session's set-up (compilation settings, scheduling) is conftest.py's."""
+
+import contextlib
+import os
+import sys
+
+import jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `configs` is imported as a package from the repository root.
+  sys.path.insert(0, ROOT)
+
+from configs import smoke  # noqa: E402
+from rpat_jax.config import threats  # noqa: E402
+
+
+def _optimize(on: bool) -> None:
+  jax.config.update('jax_disable_most_optimizations', not on)
+  os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '0' if on else '1'  # For the processes a test starts.
+
+
+@contextlib.contextmanager
+def xla_optimized():
+  """XLA's optimisations on inside the block: for the part of a test that runs attack loops (AutoAttack),
+  where unoptimised programs run several times slower."""
+  if os.environ.get('JAX_DISABLE_MOST_OPTIMIZATIONS') != '1':  # Already on.
+    yield
+    return
+  _optimize(True)
+  try:
+    yield
+  finally:
+    _optimize(False)
+
+
+def tiny_config(**overrides):
+  """A small CNN (width 8) on 16x16 synthetic images: 4 steps of 64 per epoch, PGD-2."""
+  config = smoke.get_config()
+  config.model.width = 8
+  config.data.synthetic.num_train = 256
+  config.data.synthetic.num_test = 64
+  config.data.synthetic.image_size = 16
+  config.batch_size = 64
+  config.epochs = 2
+  config.attack.steps = 2
+  config.eval.batch_size = 32
+  config.eval.pgd_steps = 2
+  config.log.progress = 'none'
+  config = threats.resolve(config)
+  config.update_from_flattened_dict(overrides)
+  return config
