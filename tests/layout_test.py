@@ -11,8 +11,8 @@ from helpers import ROOT
 PACKAGE = pathlib.Path(ROOT) / 'rpat_jax'
 SCIENCE = {'main', 'train', 'experiment', 'methods', 'steps', 'forward', 'objectives', 'attacks', 'optim'}
 # What code outside rpat_jax/cpu may call there: the entry points that ask the gate themselves.
-GATED_ENTRY_POINTS = {'convs.for_attacks', 'chunks.for_gradients', 'hoisted_jit.jit', 'hoisted_jit.run_once_options',
-                      'xla_flags.prefer_eigen_convolutions'}
+GATED_ENTRY_POINTS = {'convs.for_attacks', 'chunks.for_gradients', 'chunks.points_per_call', 'hoisted_jit.jit',
+                      'hoisted_jit.run_once_options', 'xla_flags.prefer_eigen_convolutions'}
 
 
 def _modules():
@@ -107,6 +107,7 @@ def test_every_cpu_only_path_asks_the_one_gate():
     if path != gate:
       assert not re.search(r"default_backend\(\)\s*(==|!=|in\b)|platform\s*(==|!=)\s*'cpu'", text), path
     if path.parent.name != 'cpu':
+      assert 'cpu.enabled()' not in text, f'{path}: the CPU forms and their gate stay in rpat_jax/cpu'
       used = set(re.findall(r'\b((?:convs|chunks|hoisted_jit|patch_conv|phase_conv|xla_flags)\.[A-Za-z_]\w*)\(',
                             text))
       assert used <= GATED_ENTRY_POINTS, (path, used - GATED_ENTRY_POINTS)

@@ -1,10 +1,11 @@
-"""The rows of the paper's tables, as the README's config words, train on the smoke model.
+"""The rows of the paper's tables, as the documented config words, train on the smoke model.
 
 The rows are method x RPAT x threat x dataset (plus ReBAT / RPAT++ x threat x dataset). CIFAR-10 and
 CIFAR-100 are fake TFDS datasets that this test writes under the real names and versions (3.0.2, the
 catalog's features), so the real TFDS readers, class counts and the trainer run end to end.
 """
 
+import glob
 import io
 import itertools
 import json
@@ -16,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import prn18, resnet18, smoke, wrn
+from configs import cpu_study, prn18, resnet18, smoke, wrn
 from rpat_jax import train
 from rpat_jax.config import validation
 from rpat_jax.config import threats
@@ -106,15 +107,19 @@ def test_every_table_row_trains_the_smoke_model_on_its_dataset(row, fake_cifar, 
   assert ('test_ema_pgd_acc' in rows[0]) == config.ema.enabled
 
 
-def test_every_readme_command_resolves_to_a_valid_config():
-  """Each `--config=configs/<file>.py:<words>` and `...:<words>` of the README's table row column."""
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    readme = f.read()
-  table = readme.split('### One command per table row', 1)[1].split('\n#', 1)[0]
-  files = {'prn18': prn18, 'resnet18': resnet18, 'wrn': wrn, 'smoke': smoke}
-  commands = re.findall(r'configs/(\w+)\.py:([\w,]+)', table) + [
-      ('prn18', words) for words in re.findall(r'`\.\.\.:([\w,]+)`', table)]
-  assert len(commands) >= 12
+def test_every_documented_config_string_resolves_to_a_valid_config():
+  """Each `configs/<file>.py:<words>` in the README, the docs (the log aside) and the configs' docstrings,
+  and each `...:<words>` of the table-row column in docs/training.md."""
+  documents = [os.path.join(ROOT, 'README.md')] + [
+      path for path in glob.glob(os.path.join(ROOT, 'docs', '*.md')) if not path.endswith('benchmarks_log.md')] + [
+      path for path in glob.glob(os.path.join(ROOT, 'configs', '*.py'))]
+  text = ''.join(open(path).read() for path in documents)
+  training = open(os.path.join(ROOT, 'docs', 'training.md')).read()
+  table = training.split('### One command per table row', 1)[1].split('\n#', 1)[0]
+  files = {'prn18': prn18, 'resnet18': resnet18, 'wrn': wrn, 'smoke': smoke, 'cpu_study': cpu_study}
+  commands = sorted(set(re.findall(r'configs/(\w+)\.py:([\w,]+)', text) + [
+      ('prn18', words) for words in re.findall(r'`\.\.\.:([\w,]+)`', table)]))
+  assert len(commands) >= 12 and {name for name, _ in commands} >= {'prn18', 'resnet18', 'wrn', 'cpu_study'}
   for name, words in commands:
     config = threats.resolve(files[name].get_config(words))
     config.data.name = 'synthetic'  # Not prepared here; the words' own data checks are above.

@@ -27,6 +27,10 @@ CACHE_BYTES = 2 * 2 ** 20
 MAX_FLOPS_PER_BYTE = 500
 
 
+# On XLA:CPU a PGD step over 256 points of the small CNN cost markedly more per point than over 128 or
+# fewer (docs/benchmarks.md): PGD evaluation's calls there take at most this many points per device.
+POINTS_PER_DEVICE = 128
+
 # The batch the forward pass is traced with: a size no kernel dimension has, so that only arrays with a
 # row per image count (not, say, a 1x1 kernel cast to the compute dtype).
 _TRACE_BATCH = 13
@@ -98,6 +102,11 @@ def chunk_size(logits_fn: Callable, image_shape: Sequence[int], devices: int) ->
   if _flops_per_image(jaxpr) > MAX_FLOPS_PER_BYTE * per_image:
     return None
   return 1 << max(0, int(np.floor(np.log2(max(1, CACHE_BYTES // per_image)))))
+
+
+def points_per_call(batch_size: int, devices: int) -> int:
+  """batch_size, capped at POINTS_PER_DEVICE per device on a CPU (results do not depend on it)."""
+  return min(batch_size, POINTS_PER_DEVICE * devices) if cpu.enabled() else batch_size
 
 
 def chunked(logits_fn: Callable, chunk: Optional[int]) -> Callable:

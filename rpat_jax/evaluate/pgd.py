@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpat_jax import attacks
-from rpat_jax import cpu
 from rpat_jax.cpu import chunks
 from rpat_jax.cpu import convs
 from rpat_jax.cpu import hoisted_jit
@@ -17,9 +16,6 @@ from rpat_jax.sharding import parallel
 from rpat_jax.autoattack import losses
 
 LOSSES = {'ce': attacks.cross_entropy_sum, 'cw': losses.cw_loss_sum}
-# On XLA:CPU a step over 256 points cost 1.4x per point what it cost over 128 or fewer (the small CNN;
-# docs/benchmarks.md): calls there take at most this many points per device. Results do not depend on it.
-CPU_POINTS_PER_DEVICE = 128
 
 
 def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
@@ -30,7 +26,7 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
   index among the points, so its result does not depend on the batch size.
 
   batch_size: points per call, split over every device (a multiple of the device count); on a CPU at
-    most CPU_POINTS_PER_DEVICE per device.
+    most `chunks.POINTS_PER_DEVICE` per device.
   """
   key = jax.random.key(seed)
   norm, eps, step_size = attack_config.norm, attack_config.eps, attack_config.step_size
@@ -60,8 +56,7 @@ def make_robustness(logits_fn: Callable, attack_config, *, seed: int,
     return still_correct(xb, yb, delta)
 
   def robust(x, y, batch_size: int, loss: str = 'ce') -> np.ndarray:
-    if cpu.enabled():
-      batch_size = min(batch_size, CPU_POINTS_PER_DEVICE * mesh.size)
+    batch_size = chunks.points_per_call(batch_size, mesh.size)
     return parallel.per_point(functools.partial(robust_batch, loss=loss), x, y, batch_size, mesh)
 
   return robust
