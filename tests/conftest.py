@@ -44,6 +44,11 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes',
 
 from helpers import xla_optimized  # noqa: E402
 
+# RPAT_TEST_DEFAULT_BACKEND=gpu (or tpu): jax.default_backend() answers that name in the test processes, the
+# devices staying CPUs, so the suite shows what holds where the CPU forms are off (rpat_jax.cpu.enabled()).
+if os.environ.get('RPAT_TEST_DEFAULT_BACKEND'):
+  jax.default_backend = lambda: os.environ['RPAT_TEST_DEFAULT_BACKEND']
+
 
 def pytest_configure(config):
   config.addinivalue_line('markers', 'xla_optimized: compile with XLA optimisations on (a test whose time goes '
