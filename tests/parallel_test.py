@@ -73,14 +73,16 @@ def test_eight_devices_train_three_steps_like_one_device(tmp_path):
 
 def test_eight_devices_evaluate_every_point_like_one_device(tmp_path):
   """Also with every program's weights as `hoisted_jit` arguments and its prologue's outputs replicated over
-  the 8 devices (`eval_hoisted`): the points the one-device run with embedded weights gives. XLA's
+  the 8 devices (`eval_and_hoisted`' second run): the points the one-device run with embedded weights gives. XLA's
   optimisations stay off, as for the suite: the workers' time is compiles, and they take about half as
   long so."""
-  one, eight = _worker('eval', 1, tmp_path), _worker('eval', 8, tmp_path)
+  one, eight = _worker('eval', 1, tmp_path), _worker('eval_and_hoisted', 8, tmp_path)
   assert int(eight['devices']) == 8 and int(one['count']) == int(eight['count']) == 64
   assert (int(one['clean']), int(one['pgd'])) == (int(eight['clean']), int(eight['pgd']))
   assert 0 < one['robust'].sum() < 64  # The check has points on both sides.
-  hoisted = _worker('eval_hoisted', 8, tmp_path)
+  with np.load(tmp_path / 'eval_and_hoisted_8_hoisted.npz') as saved:
+    hoisted = {key: saved[key] for key in saved}
+  assert int(hoisted['devices']) == 8
   for run in (eight, hoisted):
     np.testing.assert_array_equal(run['robust'], one['robust'])
     np.testing.assert_array_equal(run['y_adv'], one['y_adv'])
