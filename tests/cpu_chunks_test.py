@@ -1,4 +1,4 @@
-"""Gradients in chunks of images on a lone CPU device (`chunks`): the chunk size follows the largest
+"""Gradients in chunks of images on a lone CPU device (`rpat_jax.cpu.chunks`): the chunk size follows the largest
 activation (light networks only), and chunks change no logit, no gradient and no AutoAttack or PGD result."""
 
 import jax
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import aa_reference as ref
-from rpat_jax import evaluate
-from rpat_jax.cpu import chunks
-from rpat_jax.autoattack import ensemble
-from rpat_jax.models import create_model
 from rpat_jax import cpu
+from rpat_jax import evaluate
+from rpat_jax.autoattack import ensemble
+from rpat_jax.cpu import chunks
+from rpat_jax.models import create_model
 
 pytestmark = pytest.mark.skipif(not cpu.enabled(), reason='a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
 

@@ -1,4 +1,4 @@
-"""Evaluation's convolutions in XLA:CPU's fast forms (`convs`): thin inputs on padded channels and
+"""Evaluation's convolutions in XLA:CPU's fast forms (`rpat_jax.cpu.convs`): thin inputs on padded channels and
 stride-2 input gradients in phases give the same logits and gradients, on the layers they are for, and
 every other layer is left as written."""
 
@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rpat_jax import cpu
 from rpat_jax import models
 from rpat_jax.cpu import chunks
 from rpat_jax.cpu import convs
-from rpat_jax import cpu
 
 pytestmark = pytest.mark.skipif(not cpu.enabled(), reason='a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
 

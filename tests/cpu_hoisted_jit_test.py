@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from rpat_jax import cpu
 from rpat_jax import models
+from rpat_jax.autoattack import apgd
 from rpat_jax.cpu import convs
 from rpat_jax.cpu import hoisted_jit
-from rpat_jax.autoattack import apgd
-from rpat_jax import cpu
 
 pytestmark = pytest.mark.skipif(not cpu.enabled(), reason='a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
 
@@ -117,7 +117,7 @@ def test_a_weight_broadcast_to_the_batch_stays_in_the_program():
 
 @pytest.mark.parametrize('name', models.MODEL_NAMES)
 def test_every_model_as_the_attacks_run_it_gives_the_same_values_with_and_without_prologue(name):
-  """Each architecture's eval-mode logits and APGD's input gradient, in `convs`' forms, with the weights
+  """Each architecture's eval-mode logits and APGD's input gradient, in `cpu.convs`' forms, with the weights
   hoisted: the values computed in every call, to float rounding (BatchNorm statistics away from 0 and 1).
   The weights as arguments in both: embedded, ResNet-18 alone takes seconds to compile. The tolerance is
   1e-3 of the largest value: in-program and folded (or prologue) BatchNorm scales round differently, and a

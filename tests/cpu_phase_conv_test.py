@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import pytest
 
 import conv_checks
-from rpat_jax.cpu import phase_conv
 from rpat_jax import cpu
+from rpat_jax.cpu import phase_conv
 
 pytestmark = pytest.mark.skipif(not cpu.enabled(), reason='a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
 

@@ -100,7 +100,7 @@ def make_attack(name: str, logits_fn: Callable, *, norm: str, eps: float, seed: 
   fold_in(fold_in(seed, attack), indices[i]).
 
   gradient_logits_fn: the same function in the form APGD and FAB take gradients through (on a lone CPU
-  device, in chunks of images: `chunks`); None: logits_fn."""
+  device, in chunks of images: `cpu.chunks`); None: logits_fn."""
   key = jax.random.fold_in(jax.random.key(seed), ATTACKS.index(name))
   if gradient_logits_fn is None:
     gradient_logits_fn = logits_fn
@@ -200,8 +200,8 @@ class _State:
 
 def attack_setup(logits_fn: Callable, batch_size: int):
   """(logits_fn in its attack form, the engine, the form gradients go through): what every attack of an
-  evaluation runs on. On a CPU the convolutions take XLA:CPU's fast forms (`convs`) and a light
-  network's gradients go in chunks (`chunks`); chunks of points are split over every device of every
+  evaluation runs on. On a CPU the convolutions take XLA:CPU's fast forms (`cpu.convs`) and a light
+  network's gradients go in chunks (`cpu.chunks`); chunks of points are split over every device of every
   process, results coming back replicated to each."""
   logits_fn = convs.for_attacks(logits_fn)
   engine = compacted.Engine(logits_fn, parallel.make_mesh(), batch_size)
