@@ -8,10 +8,9 @@
 # without internet access can install from wheels downloaded elsewhere into `.whl/` (ignored by git):
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0 pyautoattack==0.2.0
 # this script installs what it finds there into /tmp/site before it runs. A machine whose image holds
-# another jax release (and no internet to install this one) runs the rows on its own. On an accelerator
-# the one part that rewrites jaxprs is `rpat_jax/cpu/hoisted_jit.py`; where a rewrite fails on that release,
-# a log line says so and that program is compiled with the weights embedded (the same values, a slower
-# compile), so a row is not lost to it.
+# another jax release (and no internet to install this one) runs the rows on its own: on an accelerator
+# the CPU forms are off (`rpat_jax.cpu.enabled()`), so no part rewrites jaxprs and every program is plain
+# jax.jit; the XLA:CPU flag is set only where the CPU is expected to be the default backend.
 #
 # Run, one row per call (each takes a few minutes on an H100-class GPU):
 #   bash benchmarks/gpu_rows.sh prn18        # PreActResNet-18 train step, bf16, batch 512, + PyTorch both modes
