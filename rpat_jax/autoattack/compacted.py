@@ -160,7 +160,7 @@ def make_apgd(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, los
     return apgd.start_point(x, apgd.draw_noise(keys, x.shape[1:], norm=norm), norm=norm, eps=eps)
 
   # A run's start and its iterations are one program (step -1 is the start, from x_start): each bucket size
-  # compiles one gradient program, not two (ResNet-18 at 64 points: 2.9 s and 2.1 s to compile the two).
+  # compiles one gradient program, not two (each of ResNet-18's took seconds to compile; docs/benchmarks_log.md).
   @hoisted_jit.jit
   def step(consts, carry, i, x_start):
     x, y, targets = consts['x'], consts['y'], consts.get('target')
