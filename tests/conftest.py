@@ -43,6 +43,7 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes',
                   int(os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES']))
 
 from helpers import xla_optimized  # noqa: E402
+from rpat_jax import cpu  # noqa: E402
 
 # RPAT_TEST_DEFAULT_BACKEND=gpu (or tpu): jax.default_backend() answers that name in the test processes, the
 # devices staying CPUs, so the suite shows what holds where the CPU forms are off (rpat_jax.cpu.enabled()).
@@ -53,6 +54,15 @@ if os.environ.get('RPAT_TEST_DEFAULT_BACKEND'):
 def pytest_configure(config):
   config.addinivalue_line('markers', 'xla_optimized: compile with XLA optimisations on (a test whose time goes '
                           'into running long loops, not into compiling)')
+  config.addinivalue_line('markers', 'cpu_only: a test of a CPU-only path, skipped where rpat_jax.cpu.enabled() '
+                          'is false')
+
+
+def pytest_runtest_setup(item):
+  """Skips a `cpu_only` test where the CPU forms are off. Asked at setup, not at import: a process that
+  imports the tests' modules (a worker joining jax.distributed) must not start a backend then."""
+  if item.get_closest_marker('cpu_only') is not None and not cpu.enabled():
+    pytest.skip('a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
 
 
 # The slowest files first, so that two workers end together instead of one waiting for a long test at the end.

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 import aa_reference as ref
-from rpat_jax import cpu
 from rpat_jax import evaluate
 from rpat_jax.autoattack import ensemble
 from rpat_jax.cpu import chunks
 from rpat_jax.models import create_model
 
-pytestmark = pytest.mark.skipif(not cpu.enabled(), reason='a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
+pytestmark = pytest.mark.cpu_only
 
 
 def test_the_chunk_holds_as_many_images_as_the_cache_holds_largest_activations():

@@ -8,12 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rpat_jax import cpu
 from rpat_jax import models
 from rpat_jax.cpu import chunks
 from rpat_jax.cpu import convs
 
-pytestmark = pytest.mark.skipif(not cpu.enabled(), reason='a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
+pytestmark = pytest.mark.cpu_only
 
 
 class _Net(nn.Module):

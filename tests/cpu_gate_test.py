@@ -63,7 +63,7 @@ def test_off_the_cpu_the_attacks_are_plain_jax_jit_with_no_cpu_form(monkeypatch,
   assert sum(cpu_forms.values()) == 0, dict(cpu_forms)
 
 
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the CPU forms run only on the CPU')
+@pytest.mark.cpu_only
 def test_on_the_cpu_the_same_calls_take_every_cpu_form(problem, cpu_forms):
   assert cpu.enabled()
   _evaluate(*problem)

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rpat_jax import cpu
 from rpat_jax import models
 from rpat_jax.autoattack import apgd
 from rpat_jax.cpu import convs
 from rpat_jax.cpu import hoisted_jit
 
-pytestmark = pytest.mark.skipif(not cpu.enabled(), reason='a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
+pytestmark = pytest.mark.cpu_only
 
 
 def _model(seed):

@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import pytest
 
 import conv_checks
-from rpat_jax import cpu
 from rpat_jax.cpu import patch_conv
 
-pytestmark = pytest.mark.skipif(not cpu.enabled(), reason='a CPU-only path: it runs only where rpat_jax.cpu.enabled()')
+pytestmark = pytest.mark.cpu_only
 
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 

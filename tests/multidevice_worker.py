@@ -80,4 +80,5 @@ def mismatch(_):
 
 
 if __name__ == '__main__':
-  {'steps': train_steps, 'eval': evaluation, 'eval_and_hoisted': evaluation_and_hoisted, 'mismatch': mismatch}[sys.argv[1]](sys.argv[2])
+  modes = {'steps': train_steps, 'eval': evaluation, 'eval_and_hoisted': evaluation_and_hoisted, 'mismatch': mismatch}
+  modes[sys.argv[1]](sys.argv[2])

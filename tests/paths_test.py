@@ -96,8 +96,8 @@ def test_an_unreachable_bucket_fails_in_one_line_and_writes_nothing_locally(tmp_
 
 def test_no_module_touches_workdir_files_but_through_the_path_layer():
   """Workdir files go through `paths` (etils.epath), so gs:// never becomes a local ./gs: directory."""
-  for module in ('train.py', 'run/metrics_log.py', 'run/checkpointing.py', 'run/saved_config.py', 'evaluate/__init__.py',
-                 'evaluate/variables.py', 'autoattack/ensemble.py'):
+  for module in ('train.py', 'run/metrics_log.py', 'run/checkpointing.py', 'run/saved_config.py',
+                 'evaluate/__init__.py', 'evaluate/variables.py', 'autoattack/ensemble.py'):
     with open(os.path.join(ROOT, 'rpat_jax', module)) as f:
       source = f.read()
     for pattern in (r'\bopen\(', r'os\.path\.', r'os\.makedirs', r'os\.replace', r'np\.savez\([a-z_.]*path'):

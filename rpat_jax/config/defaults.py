@@ -168,13 +168,21 @@ def moved_key_message(key: str) -> str:
   return f'the key {key!r} is now {MOVED_KEYS[key]!r}'
 
 
+def moved_keys_in(tree) -> list:
+  """The keys of MOVED_KEYS that a nested config (a ConfigDict or its JSON dict) still holds."""
+  found = []
+  for old in MOVED_KEYS:
+    group, leaf = old.split('.')
+    if leaf in tree.get(group, {}):
+      found.append(old)
+  return found
+
+
 def upgrade_recorded(recorded: dict) -> dict:
   """A recorded config (nested JSON) with every key of MOVED_KEYS under its new name."""
-  for old, new in MOVED_KEYS.items():
-    (old_group, old_leaf), (new_group, new_leaf) = old.split('.'), new.split('.')
-    group = recorded.get(old_group)
-    if isinstance(group, dict) and old_leaf in group:
-      recorded.setdefault(new_group, {})[new_leaf] = group.pop(old_leaf)
+  for old in moved_keys_in(recorded):
+    (old_group, old_leaf), (new_group, new_leaf) = old.split('.'), MOVED_KEYS[old].split('.')
+    recorded.setdefault(new_group, {})[new_leaf] = recorded[old_group].pop(old_leaf)
   return recorded
 
 

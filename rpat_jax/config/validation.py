@@ -56,10 +56,8 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
   device_count: the global device count the batches are split over; None skips those checks (the CLI
   validates once before it joins the other processes, and again after).
   """
-  flat = config.to_dict()
-  for old in defaults.MOVED_KEYS:  # Set by a config file written for an older layout.
-    group, leaf = old.split('.')
-    require(leaf not in flat.get(group, {}), defaults.moved_key_message(old))
+  for old in defaults.moved_keys_in(config):  # Set by a config file written for an older layout.
+    require(False, defaults.moved_key_message(old))
   choice('method', config.method, methods.names())
   method = methods.get(config.method)
   require(isinstance(config.beta, (int, float)) and config.beta >= 0,
