@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from rpat_jax.config import validation
 from rpat_jax import data
 from rpat_jax import optim
+from rpat_jax.sharding import devices
 from rpat_jax.sharding import parallel
 from rpat_jax import steps
 from rpat_jax.config import threats
@@ -38,19 +39,34 @@ class Experiment:
     create_state = lambda: steps.create_train_state(self.config, self.forward, tx, self.info.image_shape)
     return jax.jit(create_state, out_shardings=parallel.replicated(self.mesh))()
 
+  def abstract_state(self) -> steps.TrainState:
+    """`init_state()`'s shapes, dtypes and sharding, nothing computed (what `aot` compiles against)."""
+    tx = optim.make_optimizer(self.config, self.steps_per_epoch)
+    shapes = jax.eval_shape(lambda: steps.create_train_state(self.config, self.forward, tx, self.info.image_shape))
+    replicated = parallel.replicated(self.mesh)
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), shapes)
+
+  def train_layout(self) -> Tuple[np.ndarray, jax.sharding.NamedSharding]:
+    """Row ids of the on-device training set (N padded to a multiple of the device count with PADDING,
+    never selected) and their sharding: split by rows over the mesh."""
+    return parallel.padded_rows(self.info.num_train, self.mesh.size), parallel.batch_sharded(self.mesh)
+
+  def test_layout(self) -> Tuple[np.ndarray, jax.sharding.NamedSharding]:
+    """Row ids [N_b, B] of the per-epoch evaluation subset (the first `eval.num_examples` test images,
+    0 = all, padded) and their sharding: split over B."""
+    rows = eval_rows(self.info.num_test, self.config.eval.num_examples, self.config.eval.batch_size)
+    return rows, parallel.batch_sharded(self.mesh, axis=1)
+
   def train_data(self) -> Tuple[jax.Array, jax.Array]:
-    """The training set on the devices: uint8 images [N', H, W, C] and int32 labels [N'], sharded by rows
-    (N' = N padded to a multiple of the device count; padding rows are never selected)."""
-    rows = parallel.padded_rows(self.info.num_train, jax.device_count())
-    return parallel.rows_to_global(rows, parallel.batch_sharded(self.mesh),
+    """The training set on the devices: uint8 images [N', H, W, C] and int32 labels [N'] (`train_layout`)."""
+    return parallel.rows_to_global(*self.train_layout(),
                                    lambda chosen: _images_and_labels(self.config.data, 'train', chosen))
 
   def test_data(self) -> Tuple[jax.Array, jax.Array, jax.Array]:
-    """The per-epoch evaluation subset (the first `eval.num_examples` test images, 0 = all) as batches:
-    images [N_b, B, H, W, C], labels [N_b, B], mask [N_b, B] (False on padding), sharded over B."""
-    rows = eval_rows(self.info.num_test, self.config.eval.num_examples, self.config.eval.batch_size)
+    """The per-epoch evaluation subset as batches (`test_layout`): images [N_b, B, H, W, C], labels
+    [N_b, B], mask [N_b, B] (False on padding)."""
     return parallel.rows_to_global(
-        rows, parallel.batch_sharded(self.mesh, axis=1),
+        *self.test_layout(),
         lambda chosen: (*_images_and_labels(self.config.data, 'test', chosen), np.ones(len(chosen), bool)))
 
 
@@ -75,7 +91,7 @@ def create(config: ml_collections.ConfigDict, *, info: Optional[data.DatasetInfo
   """
   config = threats.resolve(config)
   if validate:
-    validation.validate(config, jax.device_count())
+    validation.validate(config, devices.count(), data_on_disk=info is None)
   info = info or data.describe(config.data)
   steps_per_epoch = info.num_train // config.batch_size
   if validate and steps_per_epoch < 1:

@@ -22,6 +22,7 @@ from rpat_jax.run import checkpointing
 from rpat_jax.run import cli as cli_lib
 from rpat_jax.config import validation
 from rpat_jax import data
+from rpat_jax.sharding import devices
 from rpat_jax.sharding import distributed
 from rpat_jax.run import metrics_log
 from rpat_jax.run import paths
@@ -59,7 +60,7 @@ def main(argv, cli) -> None:
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
     distributed.check_same_everywhere('--config', config.to_json_best_effort(sort_keys=True))
     distributed.check_same_everywhere('--workdir', cli.workdir.value)
-    validation.validate(config, jax.device_count())
+    validation.validate(config, devices.count())
     train.train_and_evaluate(config, cli.workdir.value)
   except (validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError, paths.PathError,
           saved_config.ConfigChangeError, prepare.PrepareError) as error:

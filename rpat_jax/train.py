@@ -39,22 +39,34 @@ def run_keys(state: steps.TrainState):
   return step_key, data_key, eval_key
 
 
-def make_epoch_step(experiment: Experiment, *, with_rpat: Optional[bool] = None):
-  """`step(state, train_images, train_labels) -> (state, metrics)`: selects the batch, then trains.
+def epoch_order(experiment: Experiment):
+  """`order(state, epoch) -> int32 [N]`: epoch `epoch`'s permutation of the training rows, keyed by (data
+  key, epoch), replicated. Computed once per epoch (a sort of N keys: run in every step it cost as much as
+  a small step; docs/benchmarks.md) and passed to every step of the epoch."""
+  num_train = experiment.info.num_train
 
-  The batch is chosen on the device from the step count: a per-epoch permutation of the training rows
-  (last partial batch dropped; a new permutation each epoch), gathered from the row-sharded dataset
+  def order(state, epoch):
+    _, data_key, _ = run_keys(state)
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_train).astype(jnp.int32)
+
+  return jax.jit(order, out_shardings=parallel.replicated(experiment.mesh))
+
+
+def make_epoch_step(experiment: Experiment, *, with_rpat: Optional[bool] = None):
+  """`step(state, train_images, train_labels, order) -> (state, metrics)`: selects the batch, then trains.
+
+  The batch is chosen on the device from the step count: rows [index * B, (index + 1) * B) of the epoch's
+  `order` (`epoch_order`; the last partial batch dropped), gathered from the row-sharded dataset
   (`parallel.gather_rows`). Nothing crosses from the host, and the batches are the same on any number
   of devices. with_rpat: as `steps.make_train_step` (the loop passes `steps.rpat_active` of the epoch).
   """
-  config, num_train = experiment.config, experiment.info.num_train
+  config = experiment.config
   train_step = steps.make_train_step(config, experiment.forward, experiment.steps_per_epoch, with_rpat=with_rpat)
   batch_size, steps_per_epoch = config.batch_size, experiment.steps_per_epoch
 
-  def step(state, images, labels):
-    step_key, data_key, _ = run_keys(state)
-    epoch, index = jnp.divmod(state.step, steps_per_epoch)
-    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_train)
+  def step(state, images, labels, order):
+    step_key, _, _ = run_keys(state)
+    index = state.step % steps_per_epoch
     chosen = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
     batch_images, batch_labels = parallel.gather_rows(experiment.mesh, images, labels, chosen)
     return train_step(state, {'image': batch_images, 'label': batch_labels}, step_key)
@@ -62,19 +74,35 @@ def make_epoch_step(experiment: Experiment, *, with_rpat: Optional[bool] = None)
   return step
 
 
-def compile_epoch_step(experiment: Experiment, state, images, labels, *, with_rpat: Optional[bool] = None):
-  """The epoch step compiled for these arguments: the state donated, results replicated."""
+def abstract_order(experiment: Experiment) -> jax.ShapeDtypeStruct:
+  """The shape, dtype and sharding of `epoch_order`'s result."""
+  return jax.ShapeDtypeStruct((experiment.info.num_train,), jnp.int32,
+                              sharding=parallel.replicated(experiment.mesh))
+
+
+def jit_epoch_step(experiment: Experiment, *, with_rpat: Optional[bool] = None):
+  """The epoch step under jit as a run compiles it: the state donated, results replicated."""
   replicated = parallel.replicated(experiment.mesh)
-  step = jax.jit(make_epoch_step(experiment, with_rpat=with_rpat), donate_argnums=0,
+  return jax.jit(make_epoch_step(experiment, with_rpat=with_rpat), donate_argnums=0,
                  out_shardings=(replicated, replicated))
-  return step.lower(state, images, labels).compile()
+
+
+def compile_epoch_step(experiment: Experiment, state, images, labels, *, with_rpat: Optional[bool] = None):
+  """The epoch step compiled for these arguments (arrays, or their `jax.ShapeDtypeStruct`s) and an order."""
+  return jit_epoch_step(experiment, with_rpat=with_rpat).lower(state, images, labels,
+                                                               abstract_order(experiment)).compile()
+
+
+def jit_evaluate(experiment: Experiment):
+  """`evaluate(state, images, labels, mask) -> sums`, the per-epoch clean and PGD-k evaluation, under jit."""
+  evaluate = steps.make_evaluate(experiment.config, experiment.forward)
+  return jax.jit(lambda s, i, l, m: evaluate(s, i, l, m, run_keys(s)[2]),
+                 out_shardings=parallel.replicated(experiment.mesh))
 
 
 def compile_evaluate(experiment: Experiment, state, eval_data):
-  """`evaluate(state, images, labels, mask) -> sums`, the per-epoch clean and PGD-k evaluation, compiled."""
-  evaluate = steps.make_evaluate(experiment.config, experiment.forward)
-  return jax.jit(lambda s, i, l, m: evaluate(s, i, l, m, run_keys(s)[2]),
-                 out_shardings=parallel.replicated(experiment.mesh)).lower(state, *eval_data).compile()
+  """The per-epoch evaluation compiled for these arguments."""
+  return jit_evaluate(experiment).lower(state, *eval_data).compile()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -130,6 +158,7 @@ class _Loop:
   stop: preemption.StopSignals
   train_images: Any
   train_labels: Any
+  order: Any  # epoch_order(experiment): (state, epoch) -> the epoch's permutation.
   last_save: float = 0.0
 
   def timed_save_due(self) -> bool:
@@ -183,7 +212,8 @@ def _train(config, workdir, lock, stop) -> steps.TrainState:
   evaluate = compile_evaluate(experiment, state, eval_data)
   logging.info('Compiled the train step and the evaluation in %.1fs.', time.perf_counter() - compile_start)
 
-  loop = _Loop(config, experiment, checkpoints, lock, stop, train_images, train_labels, time.monotonic())
+  loop = _Loop(config, experiment, checkpoints, lock, stop, train_images, train_labels, epoch_order(experiment),
+               time.monotonic())
   log = metrics_log.MetricsLog(workdir, resume_epoch=meta['epoch'])
   try:
     with stop:
@@ -259,6 +289,7 @@ def _train_epoch(loop: _Loop, epoch_step, state, epoch: int, first_index: int, e
   first_step = epoch * steps_per_epoch + first_index + 1  # 1-based global step of step_metrics[0].
   step_metrics, host_metrics = [], [{key: np.float32(value) for key, value in m.items()} for m in earlier or []]
   several = jax.process_count() > 1
+  order = loop.order(state, np.int32(epoch))  # Once per epoch, before the epoch's no-transfer block.
 
   def fetch_checked(upto: int):
     """Moves the metrics of steps [len(host), upto) of this session to the host and checks them."""
@@ -274,7 +305,7 @@ def _train_epoch(loop: _Loop, epoch_step, state, epoch: int, first_index: int, e
 
   with jax.transfer_guard('disallow'):  # Proves the epoch makes no implicit host<->device copy.
     for i in range(first_index, steps_per_epoch):
-      state, metrics = epoch_step(state, loop.train_images, loop.train_labels)
+      state, metrics = epoch_step(state, loop.train_images, loop.train_labels, order)
       step_metrics.append(metrics)
       j = len(step_metrics)
       report = (i + 1) % config.log.every_steps == 0 and j >= 3

@@ -29,9 +29,10 @@ def train_steps(out: str):
   setup, state = _setup()
   images, labels = setup.train_data()
   step = jax.jit(train.make_epoch_step(setup), out_shardings=(parallel.replicated(setup.mesh),) * 2)
+  order = train.epoch_order(setup)(state, 0)
   losses = []
   for _ in range(3):
-    state, metrics = step(state, images, labels)
+    state, metrics = step(state, images, labels, order)
     losses.append(float(metrics['loss']))
   leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
   np.savez(out, flat=np.concatenate([np.ravel(leaf) for leaf in leaves]), losses=np.array(losses),

@@ -55,7 +55,7 @@ def test_the_wheel_holds_every_subpackage_and_runs_from_another_directory(tmp_pa
     archive.extractall(tmp_path / 'site')
     metadata = archive.read(next(n for n in names if n.endswith('METADATA'))).decode()
   packages = {os.path.dirname(name) for name in names if name.endswith('.py')}
-  assert packages == {'rpat_jax', 'rpat_jax/autoattack', 'rpat_jax/bench', 'rpat_jax/config', 'rpat_jax/convert',
+  assert packages == {'rpat_jax', 'rpat_jax/aot', 'rpat_jax/autoattack', 'rpat_jax/bench', 'rpat_jax/config', 'rpat_jax/convert',
                       'rpat_jax/cpu', 'rpat_jax/data', 'rpat_jax/evaluate', 'rpat_jax/models', 'rpat_jax/perception',
                       'rpat_jax/report', 'rpat_jax/run', 'rpat_jax/sharding'}
   assert 'rpat_jax/report/paper_points.json' in names  # Package data: the report's reference points.

@@ -140,6 +140,19 @@ class Group:
     self.carry = self.engine.put(jax.tree.map(lambda value: value[positions], carry_host))
 
 
+def apgd_step(logits_fn: Callable, *, norm: str, eps: float, loss: str, n_iter: int, rho: float) -> Callable:
+  """`step(consts, carry, i, x_start) -> carry`: one APGD iteration of a group, or its start (i = -1, from
+  x_start). A run's start and its iterations are one program: each bucket size compiles one gradient program,
+  not two (each of ResNet-18's took seconds to compile; docs/benchmarks_log.md)."""
+  def step(consts, carry, i, x_start):
+    x, y, targets = consts['x'], consts['y'], consts.get('target')
+    x_next = jax.lax.cond(i < 0, lambda: x_start, lambda: apgd.propose(x, carry, i, norm=norm, eps=eps))
+    found = apgd.loss_and_grad(logits_fn, loss, y, targets, x_next)
+    return jax.lax.cond(i < 0, lambda: apgd.start_carry(x_next, *found, eps=eps),
+                        lambda: apgd.update(carry, x_next, *found, i, n_iter=n_iter, rho=rho))
+  return step
+
+
 def make_apgd(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, loss: str, n_iter: int = 100,
               n_restarts: int = 1, n_target_classes: int = 9, rho: float = 0.75,
               check_every: int = CHECK_EVERY['apgd']):
@@ -159,15 +172,7 @@ def make_apgd(logits_fn: Callable, key: jax.Array, *, norm: str, eps: float, los
     x = consts['x']
     return apgd.start_point(x, apgd.draw_noise(keys, x.shape[1:], norm=norm), norm=norm, eps=eps)
 
-  # A run's start and its iterations are one program (step -1 is the start, from x_start): each bucket size
-  # compiles one gradient program, not two (each of ResNet-18's took seconds to compile; docs/benchmarks_log.md).
-  @hoisted_jit.jit
-  def step(consts, carry, i, x_start):
-    x, y, targets = consts['x'], consts['y'], consts.get('target')
-    x_next = jax.lax.cond(i < 0, lambda: x_start, lambda: apgd.propose(x, carry, i, norm=norm, eps=eps))
-    found = apgd.loss_and_grad(logits_fn, loss, y, targets, x_next)
-    return jax.lax.cond(i < 0, lambda: apgd.start_carry(x_next, *found, eps=eps),
-                        lambda: apgd.update(carry, x_next, *found, i, n_iter=n_iter, rho=rho))
+  step = hoisted_jit.jit(apgd_step(logits_fn, norm=norm, eps=eps, loss=loss, n_iter=n_iter, rho=rho))
 
   def attack(engine: Engine, x: np.ndarray, y: np.ndarray, indices: np.ndarray, clean=None):
     clean = engine.logits(x) if clean is None else clean

@@ -72,7 +72,8 @@ def _random_dataset(mesh, count: int, side: int, classes: int, seed: int):
 def _lowered_step(experiment, state, images, labels):
   replicated = parallel.replicated(experiment.mesh)
   epoch_step = train.make_epoch_step(experiment)
-  return jax.jit(epoch_step, donate_argnums=0, out_shardings=(replicated, replicated)).lower(state, images, labels)
+  return jax.jit(epoch_step, donate_argnums=0, out_shardings=(replicated, replicated)).lower(
+      state, images, labels, train.abstract_order(experiment))
 
 
 def step_flops(experiment, state, images, labels) -> Dict:
@@ -103,6 +104,7 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps
   initial = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   images, labels = _random_dataset(mesh, count, side, classes, config.seed)
 
+  order = train.epoch_order(experiment)(state, 0)  # Per epoch in a run; the timed steps reuse one.
   started = time.perf_counter()
   lowered = _lowered_step(experiment, state, images, labels)
   compiled = lowered.compile()
@@ -115,18 +117,18 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps
     flops = step_flops(experiment, state, images, labels)
 
   for _ in range(warmup):
-    state, metrics = compiled(state, images, labels)
+    state, metrics = compiled(state, images, labels, order)
   jax.block_until_ready((state, metrics) if warmup else state)
   seconds = []
   for _ in range(steps_to_time):
     started = time.perf_counter()
-    state, metrics = compiled(state, images, labels)
+    state, metrics = compiled(state, images, labels, order)
     jax.block_until_ready((state, metrics))
     seconds.append(time.perf_counter() - started)
   if profile_dir:
     with jax.profiler.trace(profile_dir):
       for _ in range(3):
-        state, metrics = compiled(state, images, labels)
+        state, metrics = compiled(state, images, labels, order)
       jax.block_until_ready((state, metrics))
   loss = float(metrics['loss'])
   if loss != loss:

@@ -124,7 +124,7 @@ def get_config():
   config.eval = ml_collections.ConfigDict()
   config.eval.every_epochs = 1
   config.eval.num_examples = 10000  # First N test images; 0 = the whole test split.
-  config.eval.batch_size = 500
+  config.eval.batch_size = 512  # A multiple of any power-of-two device count up to 512 (GPU hosts, TPU slices).
   config.eval.pgd_steps = 10  # PGD-k with the training threat's eps and step size.
 
   # Weight averaging (any method): an EMA of params and BN statistics, checkpointed and evaluated beside

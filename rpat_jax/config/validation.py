@@ -50,11 +50,12 @@ def _budget(key: str, value, norm: str):
           f'e.g. {value:g}/255 = {value / 255:.6f}')
 
 
-def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> None:
+def validate(config: ml_collections.ConfigDict, device_count: Optional[int], *, data_on_disk: bool = True) -> None:
   """Raises ConfigError for the first problem in a config resolved by `threats.resolve`.
 
   device_count: the global device count the batches are split over; None skips those checks (the CLI
   validates once before it joins the other processes, and again after).
+  data_on_disk: check that a TFDS dataset is prepared (False where its published sizes are enough: `aot`).
   """
   for old in defaults.moved_keys_in(config):  # Set by a config file written for an older layout.
     require(False, defaults.moved_key_message(old))
@@ -73,7 +74,7 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int]) -> 
   choice('model.dtype', config.model.dtype, tuple(models.DTYPES))
 
   # CIFAR-10/100 are prepared on first use (rpat_jax.data.prepare.ensure_prepared), after these checks.
-  if config.data.name != 'synthetic' and config.data.name not in data.PREPARED_ON_FIRST_USE:
+  if data_on_disk and config.data.name != 'synthetic' and config.data.name not in data.PREPARED_ON_FIRST_USE:
     require(data.dataset_available(config.data.name, config.data.data_dir),
              f'data.name={config.data.name!r} is not prepared in data.data_dir={config.data.data_dir!r}; '
              f'allowed: synthetic, or a TFDS dataset prepared there: '

@@ -20,12 +20,13 @@ import importlib.metadata
 import importlib.util
 import os
 
-import jax
+from rpat_jax.sharding import devices
 
 
 def enabled() -> bool:
-  """True where the CPU forms run: JAX's default backend is the CPU. Asked when a program is built."""
-  return jax.default_backend() == 'cpu'
+  """True where the CPU forms run: the programs are built for CPU devices (`devices.platform()`: JAX's
+  default backend, or the target of `python -m rpat_jax.aot`). Asked when a program is built."""
+  return devices.platform() == 'cpu'
 
 
 def _accelerator_plugin_installed() -> bool:

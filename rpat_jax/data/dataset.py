@@ -24,6 +24,22 @@ _CHUNK = 1000  # Records per read; chunks are decoded in parallel (PIL releases 
 PREPARED_ON_FIRST_USE = ('cifar10', 'cifar100')
 
 
+# The published sizes of the paper's datasets: what `aot` builds programs for, with no dataset on disk.
+PUBLISHED = {
+    'cifar10': DatasetInfo(50_000, 10_000, (32, 32, 3), 10, 'cifar10'),
+    'cifar100': DatasetInfo(50_000, 10_000, (32, 32, 3), 100, 'cifar100'),
+    'tiny_imagenet': DatasetInfo(100_000, 10_000, (64, 64, 3), 200, 'tiny_imagenet'),
+}
+
+
+def published_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+  """The description of `data_config`'s dataset without reading it: the synthetic one's from its keys,
+  the paper's from their published sizes; KeyError for any other."""
+  if data_config.name == 'synthetic':
+    return describe(data_config)
+  return PUBLISHED[data_config.name]
+
+
 def how_to_prepare(name: str, data_dir: Optional[str]) -> str:
   """The command that prepares `name` where it was looked for."""
   where = f' --data_dir={data_dir}' if data_dir else ''

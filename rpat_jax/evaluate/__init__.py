@@ -28,6 +28,7 @@ from absl import logging
 from rpat_jax import autoattack
 from rpat_jax.config import validation
 from rpat_jax import data
+from rpat_jax.sharding import devices
 from rpat_jax.sharding import distributed
 from rpat_jax.run import paths
 from rpat_jax.config import threats
@@ -100,7 +101,7 @@ def run(config, workdir: str, *, checkpoint: str = 'best', n_examples: int = 100
   started = time.time()
   check_options(checkpoint=checkpoint, n_examples=n_examples, batch_size=batch_size)
   config = threats.resolve(config)
-  validation.validate(config, jax.device_count())
+  validation.validate(config, devices.count())
   autoattack.ensemble.resolve_attacks(aa_version, attack_names)  # Bad attack names fail before any work.
   info = data.describe(config.data)
   count = info.num_test if n_examples <= 0 else min(n_examples, info.num_test)
@@ -125,8 +126,8 @@ def run(config, workdir: str, *, checkpoint: str = 'best', n_examples: int = 100
   try:
     distributed.on_process_zero(take_out_dir)
     logits_fn = lambda images: forward.eval_logits(params, batch_stats, images).astype(jnp.float32)
-    devices = jax.device_count()  # Batches are split over all of them: round up to a multiple.
-    batch_size = -(-min(batch_size, count) // devices) * devices
+    per = devices.count()  # Batches are split over all of them: round up to a multiple.
+    batch_size = -(-min(batch_size, count) // per) * per
     clean_acc, pgd20_acc, cw20_acc = pgd_accuracies(logits_fn, x, y, config.attack, batch_size=batch_size,
                                                     seed=seed)
     logging.info('clean %.4f, PGD-20 %.4f, CW-20 %.4f on %d points', clean_acc, pgd20_acc, cw20_acc, count)

@@ -21,6 +21,11 @@ def _last_line(error: BaseException) -> str:
   return re.sub(r'^\w+(Error|Exception): ', '', lines[-1]) if lines else type(error).__name__
 
 
+def last_line(error: BaseException) -> str:
+  """An error's message as one line (its last), without a leading 'SomethingError: '."""
+  return _last_line(error)
+
+
 def _flag_of(argv: Sequence[str], needle: str) -> str:
   """The command-line argument that mentions `needle` (a key or a path), for the message."""
   for argument in argv[1:]:

@@ -14,13 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rpat_jax.sharding import devices
+
 DATA_AXIS = 'data'
 PADDING = -1  # A row id that is no row: zeros in the arrays, never selected.
 
 
 def make_mesh() -> Mesh:
+  """The 1-D 'data' mesh over `devices.current()` (every device of the run, or a compile target's)."""
   # Auto axes: shardings are constraints that XLA propagates (the jit + NamedSharding model).
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((devices.count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices.current())
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -46,9 +50,7 @@ def rows_to_global(row_ids: np.ndarray, sharding: NamedSharding,
   follows `rows` (e.g. (images, labels)); it is called once, with the sorted rows held by this process's
   devices only.
   """
-  device_slices = sharding.addressable_devices_indices_map(row_ids.shape)
-  needed = np.unique(np.concatenate([row_ids[index].ravel() for index in device_slices.values()]))
-  needed = needed[needed != PADDING]
+  needed = rows_held_by(row_ids, sharding, jax.process_index())
   parts = fetch(needed)
 
   def make(part):
@@ -61,6 +63,15 @@ def rows_to_global(row_ids: np.ndarray, sharding: NamedSharding,
     return jax.make_array_from_callback(row_ids.shape + part.shape[1:], sharding, block)
 
   return tuple(make(part) for part in parts)
+
+
+def rows_held_by(row_ids: np.ndarray, sharding: NamedSharding, process_index: int) -> np.ndarray:
+  """The sorted dataset rows (no PADDING) that the devices of process `process_index` hold under
+  `sharding`: what that process reads. Works for any process of the mesh, so `aot` checks a pod's plan."""
+  held = [row_ids[index].ravel() for device, index in sharding.devices_indices_map(row_ids.shape).items()
+          if device.process_index == process_index]
+  needed = np.unique(np.concatenate(held)) if held else np.zeros(0, row_ids.dtype)
+  return needed[needed != PADDING]
 
 
 def host_batch(value: np.ndarray, mesh: Mesh) -> jax.Array:

@@ -1,0 +1,75 @@
+"""The rows of `python -m rpat_jax.aot` as a markdown table and a one-line summary per program."""
+
+from typing import Dict
+
+
+def _gib(value) -> str:
+  return '-' if value is None else f'{value / 2**30:.2f}'
+
+
+def collectives_text(found: Dict[str, Dict[str, int]]) -> str:
+  """'53 all-reduce (45.1 MB), 2 reduce-scatter (0.4 MB)': count and bytes of each collective."""
+  if not found:
+    return 'none'
+  return ', '.join(f'{entry["count"]} {op} ({entry["bytes"] / 1e6:.1f} MB)' for op, entry in sorted(found.items()))
+
+
+def _estimate(row) -> tuple:
+  estimate = row.get('estimate')
+  if not estimate:
+    return '-', '-', '-'
+  per_chip = estimate['images_per_second_per_chip']
+  fraction = estimate.get('fraction_of_peak')
+  return (f'{estimate["step_seconds"] * 1e3:.3g}', f'{per_chip:,.0f}',
+          f'{fraction:.0%} ({estimate["bound"]})' if fraction is not None else 'lower bound')
+
+
+def _largest(row: Dict) -> str:
+  """The searched batch (compiled and fitting), else '~N' estimated from one compile."""
+  if 'largest_batch' in row:
+    return str(row['largest_batch']['batch'])
+  return f'~{row["largest_batch_estimate"]}' if 'largest_batch_estimate' in row else '-'
+
+
+def summary(row: Dict) -> str:
+  if 'error' in row:
+    return f'did not compile: {row["error"]}'
+  step_ms, per_chip, _ = _estimate(row)
+  largest = _largest(row)
+  flops = row.get('flops_per_image')
+  return (f'{_gib(row["bytes_per_device"])} GiB of {_gib(row["device_bytes"])} per device '
+          f'({"fits" if row["fits"] else "does NOT fit"}), largest batch/device {largest}, '
+          f'{flops / 1e9 if flops else 0:.2f} GFLOP/img, est. {step_ms} ms, {per_chip} img/s/chip, '
+          f'{collectives_text(row["collectives"])}; compiled in {row["compile_seconds"]} s')
+
+
+def markdown(report: Dict) -> str:
+  lines = [f'# `python -m rpat_jax.aot` — {report["config"]} ({report["model"]}, {report["method"]}'
+           f'{" + RPAT" if report["rpat"] else ""}, {report["dtype"]}, batch {report["batch_size"]}), jax '
+           f'{report["jax"]}', '',
+           'Every time and rate is the compiler\'s estimate (a roofline from its FLOP and byte counts, or a '
+           'lower bound where it gives no bytes), not a measurement.', '',
+           '| target | program | images/device | GiB/device (of) | fits | largest batch/device | GFLOP/image | '
+           'est. ms/call | est. images/s/chip | est. % of peak (bound) | matrix ops by dtype | collectives | '
+           'compile s |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  for result in report['targets']:
+    for name, row in result['programs'].items():
+      if 'error' in row:
+        lines.append(f'| {result["target"]} | {name} | did not compile: {row["error"]} |' + ' |' * 10)
+        continue
+      step_ms, per_chip, fraction = _estimate(row)
+      flops = row.get('flops_per_image')
+      largest = _largest(row)
+      dtypes = ', '.join(f'{n} {d}' for d, n in sorted(row['matrix_dtypes'].items())) or '-'
+      lines.append(
+          f'| {result["target"]} | {name} | {row["images_per_device"]:g} | {_gib(row["bytes_per_device"])} '
+          f'({_gib(row["device_bytes"])}) | {"yes" if row["fits"] else "**no**"} | {largest} | '
+          f'{flops / 1e9 if flops else float("nan"):.2f} | {step_ms} | {per_chip} | {fraction} | {dtypes} | '
+          f'{collectives_text(row["collectives"])} | {row["compile_seconds"]} |')
+    pod = result.get('pod')
+    if pod and pod['processes'] > 1:
+      lines.append('')
+      lines.append(f'{result["target"]}: {pod["processes"]} processes read {pod["rows_per_process"]} training rows '
+                   f'each; every row read once: {pod["every_row_read_once"]}.')
+  return '\n'.join(lines) + '\n'
