@@ -160,3 +160,15 @@ def test_the_train_step_compiles_for_a_target(target_name, capsys):
   assert not small['programs']['train_step']['fits']
   line = [l for l in capsys.readouterr().err.splitlines() if 'does not fit' in l][-1]
   assert str(small['programs']['train_step']['bytes_per_device']) in line and str(small['device_bytes']) in line
+
+
+@pytest.mark.skipif(not HAVE_TPU, reason='needs libtpu (requirements-aot.txt)')
+def test_each_process_of_a_pod_slice_reads_its_quarter_of_the_dataset():
+  """v5e:4x4 is 16 chips in 4 hosts: the rows each process reads (`parallel.rows_held_by`, as a pod run
+  builds its arrays) are a quarter each, every row read once."""
+  from rpat_jax.aot import __main__ as aot_main  # pylint: disable=import-outside-toplevel
+  from rpat_jax.aot import programs  # pylint: disable=import-outside-toplevel
+  with devices.building_for(targets.parse('v5e:4x4').devices()):
+    experiment = programs.experiment_for(tiny_config(**{'data.synthetic.num_train': NUM_TRAIN}))
+    plan = aot_main.pod_plan(experiment)
+  assert plan == {'processes': 4, 'rows_per_process': [NUM_TRAIN // 4] * 4, 'every_row_read_once': True}

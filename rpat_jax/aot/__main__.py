@@ -73,12 +73,14 @@ def _gib(value: int) -> str:
   return f'{value / 2**30:.2f} GiB ({value} bytes)'
 
 
-def pod_plan(experiment, target: targets.Target) -> Dict:
-  """What each process of the target reads of the training set (`parallel.rows_held_by`, as a pod run)."""
+def pod_plan(experiment) -> Dict:
+  """What each process of the target reads of the training set (`parallel.rows_held_by`, as a pod run's
+  processes each call it for themselves)."""
   rows, sharding = experiment.train_layout()
-  held = [parallel.rows_held_by(rows, sharding, process) for process in range(target.processes)]
+  processes = len({device.process_index for device in experiment.mesh.devices.flat})
+  held = [parallel.rows_held_by(rows, sharding, process) for process in range(processes)]
   union = set().union(*[set(h.tolist()) for h in held])
-  return {'processes': target.processes, 'rows_per_process': [len(h) for h in held],
+  return {'processes': processes, 'rows_per_process': [len(h) for h in held],
           'every_row_read_once': sum(len(h) for h in held) == len(union) == experiment.info.num_train}
 
 
@@ -129,7 +131,7 @@ def _rows(config, target: targets.Target, result: Dict, cli, options) -> Dict:
   """Compiles every program over the current (the target's) devices and adds its row to `result`."""
   name = target.name
   experiment, found = programs_lib.all_programs(config, only=cli.programs.value, **options)
-  result['pod'] = pod_plan(experiment, target)
+  result['pod'] = pod_plan(experiment)
   for program in found:
     try:
       row = analysis.analyse(program.lower(), images=program.images, devices=target.chips, chip=target.chip,
@@ -155,11 +157,21 @@ def _rows(config, target: targets.Target, result: Dict, cli, options) -> Dict:
             file=sys.stderr)
     if program.name in cli.search.value and per_device == int(per_device):
       limit = (experiment.info.num_train if program.kind == programs_lib.TRAIN else experiment.info.num_test)
-      measure = lambda batch, p=program: _row_for(config, p.name, target, batch=batch, kind=p.kind,
-                                                   **options)['bytes_per_device']
+      searched = {int(per_device): row}
+
+      def measure(batch, p=program):
+        searched[batch] = _row_for(config, p.name, target, batch=batch, kind=p.kind, **options)
+        return searched[batch]['bytes_per_device']
+
       row['largest_batch'] = search.largest_batch(measure, target.usable_bytes,
                                                   (int(per_device), row['bytes_per_device']),
                                                   limit=limit // target.chips)
+      best = searched.get(row['largest_batch']['batch'], {})
+      if best.get('estimate') and best is not row:  # The compiler's estimate at that batch too.
+        row['largest_batch']['estimate'] = best['estimate']
+        if program.name.startswith('train_step'):
+          steps_there = experiment.info.num_train // (row['largest_batch']['batch'] * target.chips)
+          best['estimate']['epoch_seconds'] = steps_there * best['estimate']['step_seconds']
     result['programs'][program.name] = row
     print(f'{PROG}: {name} {program.name}: {table.summary(row)}', file=sys.stderr)
   return result

@@ -127,7 +127,13 @@ def evaluation_programs(experiment: experiment_lib.Experiment, points: int, *,
   found.append(Program('gradient', EVAL, points, lambda: bare.lower(x, y),
                        'a bare jitted input gradient of the same model (APGD\'s yardstick)'))
   if weights_as_arguments:
-    variables = {'params': abstract.params, 'batch_stats': abstract.batch_stats}
+    # In the model's compute dtype: hoisted_jit's prologue casts them once per function (it also folds the
+    # input gradient's kernel transposes, which XLA's layout assignment does for itself on a TPU).
+    compute = jnp.dtype(config.model.dtype)
+    variables = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, compute if jnp.issubdtype(leaf.dtype, jnp.floating)
+                                          else leaf.dtype, sharding=leaf.sharding),
+        {'params': abstract.params, 'batch_stats': abstract.batch_stats})
 
     def with_arguments(variables, consts, carry_, i, x_start):
       fn = lambda images: forward.eval_logits(variables['params'], variables['batch_stats'], images).astype(
@@ -137,7 +143,7 @@ def evaluation_programs(experiment: experiment_lib.Experiment, points: int, *,
     found.append(Program('apgd_ce_step_weights_as_arguments', EVAL, points,
                          lambda: jax.jit(with_arguments).lower(variables, {'x': x, 'y': y, 'index': index}, carry,
                                                                0, x),
-                         'the same iteration with the weights as arguments (hoisted_jit\'s form)'))
+                         'the same iteration with the weights as arguments, cast once (hoisted_jit\'s form)'))
   return found
 
 

@@ -4,6 +4,7 @@ batch, so two compiles fit the line, one confirms its prediction, and a miss ref
 from typing import Callable, Dict, List, Optional, Tuple
 
 MAX_TRIES = 3  # Compiles after the two that fit the line.
+CLOSE = 0.9  # A fitting batch whose bytes reach this fraction of the device's ends the search.
 
 
 def _predict(a: Tuple[int, int], b: Tuple[int, int], usable: int) -> Optional[float]:
@@ -19,6 +20,8 @@ def largest_batch(measure: Callable[[int], int], usable: int, first: Tuple[int, 
   as the line through the compiles predicts it and one compile confirms.
 
   measure(batch) -> bytes per device (a compile). first: (batch, bytes) already known.
+  Memory grows more slowly than the line at large batches (temporaries are reused), so a fitting guess far
+  below the device's memory refits through the two largest points and tries again, up to MAX_TRIES.
   Returns {'batch', 'bytes', 'points': [(batch, bytes), ...]}: 'batch' was compiled and fits (0 when
   nothing tried fits).
   """
@@ -38,8 +41,8 @@ def largest_batch(measure: Callable[[int], int], usable: int, first: Tuple[int, 
     if guess in [batch for batch, _ in points]:
       break
     points.append((guess, measure(guess)))
-    if points[-1][1] <= usable and not any(usable >= m > points[-1][1] and b > guess for b, m in points):
-      break  # The prediction, compiled, fits.
+    if CLOSE * usable <= points[-1][1] <= usable or (guess == limit and points[-1][1] <= usable):
+      break  # The prediction, compiled, fits and leaves less than the next step would need.
   fitting = [p for p in points if p[1] <= usable]
   best = max(fitting) if fitting else (0, None)
   return {'batch': best[0], 'bytes': best[1], 'points': points}

@@ -2,6 +2,8 @@
 
 from typing import Dict
 
+METHODS = {'pgd_at': 'PGD-AT', 'trades': 'TRADES', 'mart': 'MART', 'rebat': 'ReBAT', 'rpat_plus_plus': 'RPAT++'}
+
 
 def _gib(value) -> str:
   return '-' if value is None else f'{value / 2**30:.2f}'
@@ -73,3 +75,47 @@ def markdown(report: Dict) -> str:
       lines.append(f'{result["target"]}: {pod["processes"]} processes read {pod["rows_per_process"]} training rows '
                    f'each; every row read once: {pod["every_row_read_once"]}.')
   return '\n'.join(lines) + '\n'
+
+
+def reference_rows(reports) -> str:
+  """One row per (config, target, program) of several `--out` JSON files: the table of docs/benchmarks.md."""
+  lines = ['| model | method | dtype | target | program | images/device | GiB/device (of) | largest batch/device | '
+           'GFLOP/image | est. images/s/chip | est. images/s, slice | est. epoch | est. % of peak (bound) | '
+           'collectives per call | compile s |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  for report in reports:
+    method = f'{METHODS.get(report["method"], report["method"])}{" + RPAT" if report["rpat"] else ""}'
+    for result in report['targets']:
+      for name, row in result['programs'].items():
+        head = f'| {report["model"]} | {method} | {report["dtype"]} | {result["target"]} | {name} |'
+        if 'error' in row:
+          lines.append(f'{head} did not compile: {row["error"]} |' + ' |' * 9)
+          continue
+        estimate = row.get('estimate') or {}
+        flops = row.get('flops_per_image')
+        per_chip = estimate.get('images_per_second_per_chip')
+        there = row.get('largest_batch', {}).get('estimate')
+        if there:  # The searched batch's estimate: what a run at that batch would see.
+          estimate = dict(estimate, epoch_seconds=there.get('epoch_seconds'))
+          per_chip_text = (f'{per_chip:,.0f}; {there["images_per_second_per_chip"]:,.0f} at '
+                           f'{row["largest_batch"]["batch"]}')
+        else:
+          per_chip_text = f'{per_chip:,.0f}' if per_chip else '-'
+        slice_rate = per_chip * result['chips'] if per_chip else None
+        epoch = estimate.get('epoch_seconds')
+        bound = (f'{estimate["fraction_of_peak"]:.0%} ({estimate["bound"]})' if 'fraction_of_peak' in estimate
+                 else ('lower bound' if estimate else '-'))
+        fits = '' if row['fits'] else ' **does not fit**'
+        lines.append(
+            f'{head} {row["images_per_device"]:g} | {_gib(row["bytes_per_device"])} ({_gib(row["device_bytes"])})'
+            f'{fits} | {_largest(row)} | {flops / 1e9 if flops else float("nan"):.1f} | '
+            f'{per_chip_text} | {f"{slice_rate:,.0f}" if slice_rate else "-"} | '
+            f'{f"{epoch / 60:.1f} min" if epoch else "-"} | {bound} | {collectives_text(row["collectives"])} | '
+            f'{row["compile_seconds"]} |')
+  return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+  import json  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  print(reference_rows([json.load(open(path)) for path in sys.argv[1:]]), end='')

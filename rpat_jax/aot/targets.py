@@ -43,7 +43,6 @@ TPU_CHIPS = {
     'v5e': Chip('TPU v5 lite', 16 * GIB, 197e12, 819e9, 4),
     'v5p': Chip('TPU v5', 95 * GIB, 459e12, 2765e9, 4),
     'v6e': Chip('TPU v6 lite', 32 * GIB, 918e12, 1640e9, 4),
-    'v4': Chip('TPU v4', 32 * GIB, 275e12, 1228e9, 4),
 }
 GPU_CHIPS = {
     'a100': Chip('NVIDIA A100-SXM4-80GB', 81920 << 20, 312e12, 2039e9, 8, (8, 0), 108, 1.41, 40 << 20,
@@ -82,6 +81,7 @@ class Target:
         raise TargetError(f'--target={self.name} needs the TPU compiler: pip install libtpu==0.0.42.1 '
                           f'(or pip install -r requirements-aot.txt)')
       os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')  # No metadata server: not on a TPU VM.
+      os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # Compiling needs no TPU: no lock between processes.
       topology = topologies.get_topology_desc(topology_name=self.name, platform='tpu')
     else:
       if importlib.util.find_spec('jax_cuda12_plugin') is None:
