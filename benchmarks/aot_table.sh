@@ -16,7 +16,8 @@ for model in prn18 resnet18 wrn; do
   aot "${model}_bf16_chips" --config="configs/$model.py" --config.model.dtype=bfloat16 --programs=train_step \
     --search=none --target=v5e:2x2,v5p:2x2x1,v6e:2x2,h100x8,h200x8
 done
-# RPAT++ in bf16, and both methods in fp32, on v5e and H100.
+# RPAT++ in bf16, and both methods in fp32, on v5e and H100 (issue 29's session ran these on h100x8 only:
+# a TPU compile of ResNet-18 took 5 minutes on its 2 cores).
 for model in prn18 resnet18 wrn; do
   aot "${model}_rpatpp_bf16" --config="configs/$model.py:rpat_plus_plus" --config.model.dtype=bfloat16 \
     --programs=train_step --search=none --target=v5e:2x2,h100x8

@@ -11,9 +11,11 @@ fit the device is one line with both byte counts, the other programs go on, and 
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import types
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from rpat_jax import aot as _aot  # Sets JAX_PLATFORMS before JAX starts.
 
@@ -84,13 +86,14 @@ def pod_plan(experiment) -> Dict:
           'every_row_read_once': sum(len(h) for h in held) == len(union) == experiment.info.num_train}
 
 
-def one_compile_estimate(row: Dict, usable: int) -> int:
+def one_compile_estimate(row: Dict, usable: int) -> Optional[int]:
   """The largest per-device batch from one compile, taking the temporaries as proportional to the batch and
-  the rest (state, dataset, code) as fixed: what `--search` then confirms with compiles."""
+  the rest (state, dataset, code) as fixed: what `--search` then confirms with compiles. None without
+  temporaries to scale."""
   parts = row['bytes']
   fixed = row['bytes_per_device'] - parts['temporaries']
   per_image = parts['temporaries'] / row['images_per_device']
-  return int((usable - fixed) // per_image) if per_image > 0 else 0
+  return int((usable - fixed) // per_image) if per_image > 0 else None
 
 
 def _row_for(config, name: str, target: targets.Target, *, batch: Optional[int] = None, kind: str = '',
@@ -177,6 +180,23 @@ def _rows(config, target: targets.Target, result: Dict, cli, options) -> Dict:
   return result
 
 
+def _in_own_process(name: str) -> Dict:
+  """One target's result, compiled by this command in a process of its own: libtpu crashed compiling for a
+  second TPU generation in one process (v5e, then v6e). Its lines pass through; a crash is an error row."""
+  with tempfile.TemporaryDirectory() as scratch:
+    out = os.path.join(scratch, 'target.json')
+    argv = [arg for arg in sys.argv[1:] if not arg.startswith(('--target', '--out'))]
+    status = subprocess.run([sys.executable, '-m', 'rpat_jax.aot', *argv, f'--target={name}', f'--out={out}'],
+                            stdout=subprocess.DEVNULL, check=False).returncode
+    if status == 2:
+      sys.exit(2)  # A usage error: its line is printed already.
+    if os.path.exists(out):
+      with open(out) as f:
+        return json.load(f)['targets'][0]
+  print(f'{PROG}: {name}: the compiling process ended with status {status}', file=sys.stderr)
+  return {'target': name, 'programs': {'(all)': {'error': f'the compiling process ended with status {status}'}}}
+
+
 def main(argv, cli) -> None:
   if len(argv) > 1:
     cli_lib.fail(PROG, f'unexpected arguments: {" ".join(argv[1:])}')
@@ -191,10 +211,11 @@ def main(argv, cli) -> None:
   if cli.cache_dir.value:
     jax.config.update('jax_compilation_cache_dir', cli.cache_dir.value)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  results: List[Dict] = []
-  for name in cli.target.value:
+  if len(cli.target.value) > 1:
+    results = [_in_own_process(name) for name in cli.target.value]
+  else:
     try:
-      results.append(run_target(config, targets.parse(name), cli))
+      results = [run_target(config, targets.parse(cli.target.value[0]), cli)]
     except (validation.ConfigError, targets.TargetError) as error:
       cli_lib.fail(PROG, error)
   report = {'config': next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')), ''),

@@ -30,7 +30,7 @@ def _largest(row: Dict) -> str:
   """The searched batch (compiled and fitting), else '~N' estimated from one compile."""
   if 'largest_batch' in row:
     return str(row['largest_batch']['batch'])
-  return f'~{row["largest_batch_estimate"]}' if 'largest_batch_estimate' in row else '-'
+  return f'~{row["largest_batch_estimate"]}' if row.get('largest_batch_estimate') else '-'
 
 
 def summary(row: Dict) -> str:
@@ -77,6 +77,12 @@ def markdown(report: Dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _duration(seconds) -> str:
+  if not seconds:
+    return '-'
+  return f'{seconds:.1f} s' if seconds < 120 else f'{seconds / 60:.1f} min'
+
+
 def reference_rows(reports) -> str:
   """One row per (config, target, program) of several `--out` JSON files: the table of docs/benchmarks.md."""
   lines = ['| model | method | dtype | target | program | images/device | GiB/device (of) | largest batch/device | '
@@ -95,8 +101,7 @@ def reference_rows(reports) -> str:
         flops = row.get('flops_per_image')
         per_chip = estimate.get('images_per_second_per_chip')
         there = row.get('largest_batch', {}).get('estimate')
-        if there:  # The searched batch's estimate: what a run at that batch would see.
-          estimate = dict(estimate, epoch_seconds=there.get('epoch_seconds'))
+        if there:  # The searched batch's rate too: what a run at that batch would see.
           per_chip_text = (f'{per_chip:,.0f}; {there["images_per_second_per_chip"]:,.0f} at '
                            f'{row["largest_batch"]["batch"]}')
         else:
@@ -108,9 +113,9 @@ def reference_rows(reports) -> str:
         fits = '' if row['fits'] else ' **does not fit**'
         lines.append(
             f'{head} {row["images_per_device"]:g} | {_gib(row["bytes_per_device"])} ({_gib(row["device_bytes"])})'
-            f'{fits} | {_largest(row)} | {flops / 1e9 if flops else float("nan"):.1f} | '
+            f'{fits} | {_largest(row)} | {f"{flops / 1e9:.1f}" if flops else "-"} | '
             f'{per_chip_text} | {f"{slice_rate:,.0f}" if slice_rate else "-"} | '
-            f'{f"{epoch / 60:.1f} min" if epoch else "-"} | {bound} | {collectives_text(row["collectives"])} | '
+            f'{_duration(epoch)} | {bound} | {collectives_text(row["collectives"])} | '
             f'{row["compile_seconds"]} |')
   return '\n'.join(lines) + '\n'
 

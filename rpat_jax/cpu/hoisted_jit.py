@@ -17,7 +17,11 @@ it would run in every call.
 Hoisting rewrites jaxprs with `jax.extend.core`, tested on the jax that requirements.txt pins (TESTED_JAX),
 where a failed rewrite is an error. On another jax release, one log line says so and that program is
 compiled with the weights embedded: the same values, compiled more slowly, not a stopped run. Off the CPU
-(`cpu.enabled()` false) `jit` is jax.jit itself: none of this was measured on a GPU or TPU.
+(`cpu.enabled()` false) `jit` is jax.jit itself. Compiled for a TPU slice and a GPU host (`python -m
+rpat_jax.aot --weights_as_arguments`), the weights as arguments in the compute dtype were estimated faster
+and smaller on the TPU and compiled faster for the GPU, but this module's own programs cannot be compiled
+for a target from here (the prologue runs on the devices): turning it on there waits for a run on the
+hardware (docs/benchmarks.md, "Before you rent one").
 """
 
 import functools
