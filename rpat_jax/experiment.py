@@ -32,19 +32,20 @@ class Experiment:
   forward: Forward
   steps_per_epoch: int
 
+  def _create_state(self):
+    tx = optim.make_optimizer(self.config, self.steps_per_epoch)  # Outside the trace: the state keeps it.
+    return lambda: steps.create_train_state(self.config, self.forward, tx, self.info.image_shape)
+
   def init_state(self) -> steps.TrainState:
     """The initial train state of `config.seed`, replicated over the mesh (the structure a checkpoint
     restores into)."""
-    tx = optim.make_optimizer(self.config, self.steps_per_epoch)  # Outside the trace: the state keeps it.
-    create_state = lambda: steps.create_train_state(self.config, self.forward, tx, self.info.image_shape)
-    return jax.jit(create_state, out_shardings=parallel.replicated(self.mesh))()
+    return jax.jit(self._create_state(), out_shardings=parallel.replicated(self.mesh))()
 
   def abstract_state(self) -> steps.TrainState:
     """`init_state()`'s shapes, dtypes and sharding, nothing computed (what `aot` compiles against)."""
-    tx = optim.make_optimizer(self.config, self.steps_per_epoch)
-    shapes = jax.eval_shape(lambda: steps.create_train_state(self.config, self.forward, tx, self.info.image_shape))
     replicated = parallel.replicated(self.mesh)
-    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), shapes)
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+                        jax.eval_shape(self._create_state()))
 
   def train_layout(self) -> Tuple[np.ndarray, jax.sharding.NamedSharding]:
     """Row ids of the on-device training set (N padded to a multiple of the device count with PADDING,

@@ -45,36 +45,8 @@ def summary(row: Dict) -> str:
           f'{collectives_text(row["collectives"])}; compiled in {row["compile_seconds"]} s')
 
 
-def markdown(report: Dict) -> str:
-  lines = [f'# `python -m rpat_jax.aot` — {report["config"]} ({report["model"]}, {report["method"]}'
-           f'{" + RPAT" if report["rpat"] else ""}, {report["dtype"]}, batch {report["batch_size"]}), jax '
-           f'{report["jax"]}', '',
-           'Every time and rate is the compiler\'s estimate (a roofline from its FLOP and byte counts, or a '
-           'lower bound where it gives no bytes), not a measurement.', '',
-           '| target | program | images/device | GiB/device (of) | fits | largest batch/device | GFLOP/image | '
-           'est. ms/call | est. images/s/chip | est. % of peak (bound) | matrix ops by dtype | collectives | '
-           'compile s |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
-  for result in report['targets']:
-    for name, row in result['programs'].items():
-      if 'error' in row:
-        lines.append(f'| {result["target"]} | {name} | did not compile: {row["error"]} |' + ' |' * 10)
-        continue
-      step_ms, per_chip, fraction = _estimate(row)
-      flops = row.get('flops_per_image')
-      largest = _largest(row)
-      dtypes = ', '.join(f'{n} {d}' for d, n in sorted(row['matrix_dtypes'].items())) or '-'
-      lines.append(
-          f'| {result["target"]} | {name} | {row["images_per_device"]:g} | {_gib(row["bytes_per_device"])} '
-          f'({_gib(row["device_bytes"])}) | {"yes" if row["fits"] else "**no**"} | {largest} | '
-          f'{flops / 1e9 if flops else float("nan"):.2f} | {step_ms} | {per_chip} | {fraction} | {dtypes} | '
-          f'{collectives_text(row["collectives"])} | {row["compile_seconds"]} |')
-    pod = result.get('pod')
-    if pod and pod['processes'] > 1:
-      lines.append('')
-      lines.append(f'{result["target"]}: {pod["processes"]} processes read {pod["rows_per_process"]} training rows '
-                   f'each; every row read once: {pod["every_row_read_once"]}.')
-  return '\n'.join(lines) + '\n'
+def _dtypes(row: Dict) -> str:
+  return ', '.join(f'{n} {d}' for d, n in sorted(row['matrix_dtypes'].items())) or '-'
 
 
 def _duration(seconds) -> str:
@@ -83,19 +55,25 @@ def _duration(seconds) -> str:
   return f'{seconds:.1f} s' if seconds < 120 else f'{seconds / 60:.1f} min'
 
 
+def markdown(report: Dict) -> str:
+  """One command's report: what it compiled, then its rows."""
+  return (f'# `python -m rpat_jax.aot` {report["config"]} (batch {report["batch_size"]}, jax {report["jax"]}); every '
+          'time and rate is the compiler\'s estimate, not a measurement\n\n' + reference_rows([report]))
+
+
 def reference_rows(reports) -> str:
   """One row per (config, target, program) of several `--out` JSON files: the table of docs/benchmarks.md."""
   lines = ['| model | method | dtype | target | program | images/device | GiB/device (of) | largest batch/device | '
            'GFLOP/image | est. images/s/chip | est. images/s, slice | est. epoch | est. % of peak (bound) | '
-           'collectives per call | compile s |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+           'matrix ops by dtype | collectives per call | compile s |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for report in reports:
     method = f'{METHODS.get(report["method"], report["method"])}{" + RPAT" if report["rpat"] else ""}'
     for result in report['targets']:
       for name, row in result['programs'].items():
         head = f'| {report["model"]} | {method} | {report["dtype"]} | {result["target"]} | {name} |'
         if 'error' in row:
-          lines.append(f'{head} did not compile: {row["error"]} |' + ' |' * 9)
+          lines.append(f'{head} did not compile: {row["error"]} |' + ' |' * 10)
           continue
         estimate = row.get('estimate') or {}
         flops = row.get('flops_per_image')
@@ -115,7 +93,7 @@ def reference_rows(reports) -> str:
             f'{head} {row["images_per_device"]:g} | {_gib(row["bytes_per_device"])} ({_gib(row["device_bytes"])})'
             f'{fits} | {_largest(row)} | {f"{flops / 1e9:.1f}" if flops else "-"} | '
             f'{per_chip_text} | {f"{slice_rate:,.0f}" if slice_rate else "-"} | '
-            f'{_duration(epoch)} | {bound} | {collectives_text(row["collectives"])} | '
+            f'{_duration(epoch)} | {bound} | {_dtypes(row)} | {collectives_text(row["collectives"])} | '
             f'{row["compile_seconds"]} |')
   return '\n'.join(lines) + '\n'
 
