@@ -135,6 +135,24 @@ def _check_damaged_checkpoints(workdir, straight, caplog):
   assert sorted(os.listdir(everything / 'checkpoints')) == ['1', '2']
 
 
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_step_trained_again_after_a_fallback_replaces_its_first_save(tmp_path):
+  """The newest checkpoint damaged, so the run falls back and trains epoch 2 again, which best/ already
+  holds (evaluated only at epoch 2, so epoch 2 is the best): the new save replaces it, the run finishes
+  and equals an uninterrupted one."""
+  config = lambda epochs: tiny_config(epochs=epochs, **{'eval.every_epochs': 2})
+  straight = train.train_and_evaluate(config(3), str(tmp_path / 'straight'))
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config(2), str(workdir))
+  assert os.listdir(workdir / 'best') == ['2']
+  _damage(workdir / 'checkpoints' / '2', 'truncate')
+  state = train.train_and_evaluate(config(3), str(workdir))
+  _assert_same_run(state, str(workdir), (str(tmp_path / 'straight'), straight))
+  assert os.listdir(workdir / 'best') == ['2'] and sorted(os.listdir(workdir / 'checkpoints')) == ['1', '2', '3']
+  assert [name.split('-')[:2] for name in os.listdir(workdir / 'damaged')] == [['checkpoints', '2']]
+  gc.collect()
+
+
 def _main(workdir, *flags_, monkeypatch, capsys):
   """The training binary's main in this process (what `python -m rpat_jax.main` runs after parsing):
   (exit status, its one stderr line)."""

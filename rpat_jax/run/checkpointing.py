@@ -14,6 +14,8 @@ What can go wrong, and what happens:
 - A checkpoint that cannot be read (a truncated or deleted file) is reported in one line, moved to
   `workdir/damaged/`, and the next older one is tried. If none can be read the resume stops with one line
   instead of starting afresh over them.
+- A step trained again after such a fallback is saved over what `best/`, `checkpoints/` or `partial/` hold
+  of it (deleted, then saved): the rule is the same for every store, and the run ends as an uninterrupted one.
 - A save that fails (a full disk) raises `CheckpointSaveError` in one line with the space the state needs,
   at the next `check()` (the loop calls it at every progress update) or save; earlier checkpoints stay.
 With several processes (jax.distributed) Orbax writes from process 0 and synchronises the others.
@@ -158,6 +160,11 @@ class Checkpoints:
 
   def _save(self, manager, number: int, args) -> None:
     try:
+      if number in manager.all_steps():
+        # A step trained again after a fallback to an older checkpoint (a damaged one set aside, a partial
+        # save, a lost object) finds its first save there: the new one replaces it, in every store.
+        manager.wait_until_finished()
+        manager.delete(number)
       manager.save(number, args=args, force=True)  # Waits for the manager's previous save: raises if it failed.
     except Exception as error:  # pylint: disable=broad-except
       self._raise_save_error(manager, error)
