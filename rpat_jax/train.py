@@ -142,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
 
   try:
     distributed.on_process_zero(take_workdir)
-    return _train(config, workdir, lock, stop_signals or preemption.StopSignals())
+    return _train(config, workdir, stop_signals or preemption.StopSignals())
   finally:  # Also when the config check refused: the lock is not left held by this process.
     if lock is not None:
       lock.release()
@@ -154,7 +154,6 @@ class _Loop:
   config: Any
   experiment: Experiment
   checkpoints: checkpointing.Checkpoints
-  lock: Optional[workdir_lock.WorkdirLock]
   stop: preemption.StopSignals
   train_images: Any
   train_labels: Any
@@ -166,7 +165,7 @@ class _Loop:
     return bool(minutes) and time.monotonic() - self.last_save >= 60 * minutes
 
 
-def _train(config, workdir, lock, stop) -> steps.TrainState:
+def _train(config, workdir, stop) -> steps.TrainState:
   experiment = create_experiment(config)
   config, info = experiment.config, experiment.info
   state = experiment.init_state()
@@ -212,7 +211,7 @@ def _train(config, workdir, lock, stop) -> steps.TrainState:
   evaluate = compile_evaluate(experiment, state, eval_data)
   logging.info('Compiled the train step and the evaluation in %.1fs.', time.perf_counter() - compile_start)
 
-  loop = _Loop(config, experiment, checkpoints, lock, stop, train_images, train_labels, epoch_order(experiment),
+  loop = _Loop(config, experiment, checkpoints, stop, train_images, train_labels, epoch_order(experiment),
                time.monotonic())
   log = metrics_log.MetricsLog(workdir, resume_epoch=meta['epoch'])
   try:
@@ -314,8 +313,6 @@ def _train_epoch(loop: _Loop, epoch_step, state, epoch: int, first_index: int, e
         fetch_checked(j - 2)
         progress.update(i - 1 - first_index, config.log.every_steps)
         loop.checkpoints.check()
-        if loop.lock is not None:
-          loop.lock.refresh()
       if i + 1 == steps_per_epoch or (several and not report):
         continue  # The epoch's end saves anyway; several processes agree only at progress updates.
       stopping = distributed.any_process(loop.stop.requested())

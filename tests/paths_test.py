@@ -84,16 +84,6 @@ def test_the_lock_of_a_store_without_locks_is_a_heartbeat_file(memory_store):
   held.release()
 
 
-def test_an_unreachable_bucket_fails_in_one_line_and_writes_nothing_locally(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  started = time.monotonic()
-  message = r'workdir gs://rpat-no-such-bucket/run (cannot be reached|is not writable)'
-  with pytest.raises(paths.PathError, match=message) as error:
-    paths.make_dir('gs://rpat-no-such-bucket/run')
-  assert time.monotonic() - started < 120 and '\n' not in str(error.value)
-  assert os.listdir(tmp_path) == []
-
-
 def test_no_module_touches_workdir_files_but_through_the_path_layer():
   """Workdir files go through `paths` (etils.epath), so gs:// never becomes a local ./gs: directory."""
   for module in ('train.py', 'run/metrics_log.py', 'run/checkpointing.py', 'run/saved_config.py',

@@ -1,7 +1,8 @@
 """Every file a run or an evaluation reads or writes goes through here: local paths and object stores alike.
 
 A workdir is an `etils.epath.Path`: a local directory (made absolute) or a URI such as `gs://BUCKET/run`
-(served by gcsfs, or TensorFlow's gfile when it is installed). No module opens a workdir file with `open`
+(served by gcsfs, a requirement, or TensorFlow's gfile when it is installed; Orbax writes the arrays of a
+checkpoint there with TensorStore's own GCS client). No module opens a workdir file with `open`
 or `os.path`, so a remote workdir never falls back to a local directory named `gs:`. Writes of whole files
 are atomic where the store allows: locally a temporary file renamed over the target; an object store
 publishes an object only when its upload completes.
@@ -13,6 +14,11 @@ import uuid
 from typing import Union
 
 from etils import epath
+
+# The pinned gcsfs first asks each bucket's layout of the Storage Control API over gRPC; where that API is
+# not reachable (an emulator, a network that allows only the JSON API) every process waits 60 s before it
+# falls back. Our stores are plain buckets, so the plain client is used unless the user asks otherwise.
+os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 PathLike = Union[str, os.PathLike, epath.Path]
 

