@@ -223,7 +223,10 @@ def test_two_processes_on_a_bucket_equal_a_local_run_through_sigterm_and_kill_9(
   started = runs.start(args)
   _until(lambda: f'{prefix}/checkpoints/1/commit_success.txt' in gcs.names(BUCKET, f'{prefix}/checkpoints/'),
          what='the first epoch checkpoint')
-  time.sleep(0.5)
+  # One writer: a second run on the same workdir is refused in one line while the first holds it.
+  status, out = runs.wait(runs.start(args, processes=1))[0]
+  lines = [text for text in out.splitlines() if text.startswith('rpat_jax: error:')]
+  assert status == 2 and len(lines) == 1 and f'workdir gs://{BUCKET}/{prefix} is in use by pid ' in lines[0], out[-2000:]
   for process, _ in started:
     process.send_signal(signal.SIGTERM)
   (status0, out0), (status1, _) = runs.wait(started)
@@ -259,6 +262,16 @@ def test_two_processes_on_a_bucket_equal_a_local_run_through_sigterm_and_kill_9(
   uploads = [{name for method, name in proxy.writes if method in ('POST', 'PUT')} for proxy in runs.proxies]
   assert uploads[0] and not uploads[0] & uploads[1]  # Each object has one writer: its own shards for process 1.
   assert all('process_1' in name for _, name in runs.proxies[1].writes), runs.proxies[1].writes
+
+  # A lost object: the newest checkpoint cannot be read. The rerun says so in one line, moves it aside on
+  # the bucket, trains epoch 2 again from epoch 1 (its saves replace what best/ holds of it), and ends equal.
+  for name in gcs.names(BUCKET, f'{prefix}/checkpoints/2/state/ocdbt.process_0/d/'):
+    gcs.delete(BUCKET, name)
+  out = runs.run(args)[0][1]
+  warnings = [text for text in out.splitlines() if 'cannot be read' in text]
+  assert len(warnings) == 1 and f'moved to gs://{BUCKET}/{prefix}/damaged/checkpoints-2-' in warnings[0], out[-3000:]
+  assert any(name.startswith(f'{prefix}/damaged/checkpoints-2-') for name in gcs.names(BUCKET, f'{prefix}/damaged/'))
+  _assert_same_as_local(gcs, prefix, reference)
 
 
 @pytest.mark.slow

@@ -133,8 +133,7 @@ class Checkpoints:
     source = manager.directory / str(number)
     target = self.workdir / 'damaged' / f'{manager.directory.name}-{number}-{int(time.time())}'
     if jax.process_index() == 0:
-      target.parent.mkdir(parents=True, exist_ok=True)
-      source.rename(target)
+      paths.move(source, target)
     logging.warning('Checkpoint %s cannot be read (%s): skipped, moved to %s.', source, reason, target)
     distributed.barrier(f'rpat_set_aside_{manager.directory.name}_{number}')
     manager.reload()

@@ -13,12 +13,19 @@ import re
 import uuid
 from typing import Union
 
+import fsspec
+import fsspec.config
 from etils import epath
 
 # The pinned gcsfs first asks each bucket's layout of the Storage Control API over gRPC; where that API is
 # not reachable (an emulator, a network that allows only the JSON API) every process waits 60 s before it
 # falls back. Our stores are plain buckets, so the plain client is used unless the user asks otherwise.
 os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
+# gcsfs caches directory listings per process; the processes of a pod share a workdir, and one of them
+# moving or deleting a checkpoint must be seen by the others' next listing (Orbax lists steps to agree on
+# them; a stale list leaves the processes waiting at different barriers).
+for _protocol in ('gs', 'gcs'):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault('use_listings_cache', False)
 
 PathLike = Union[str, os.PathLike, epath.Path]
 
@@ -91,3 +98,18 @@ def make_dir(path: PathLike, what: str = 'workdir') -> epath.Path:
   except Exception as error:  # pylint: disable=broad-except  # Every backend raises its own kind.
     raise PathError(f'{what} {path} is not writable: {describe_error(error)}') from None
   return path
+
+
+def move(source: PathLike, target: PathLike) -> epath.Path:
+  """Moves a file or a directory to `target` (its parent made). A local one is renamed; an object store
+  has no directories and no rename, so every object is copied, then the source's are deleted (a reader
+  may see both for a moment, never neither)."""
+  source, target = as_path(source), as_path(target)
+  if not is_remote(source):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return source.rename(target)
+  store, source_key = fsspec.core.url_to_fs(str(source))  # What epath uses for URIs.
+  _, target_key = fsspec.core.url_to_fs(str(target))
+  store.copy(source_key, target_key, recursive=store.isdir(source_key))
+  store.rm(source_key, recursive=True)
+  return target
