@@ -7,7 +7,6 @@ each, every one with its own proxy in front of the server (to see what each writ
 fail). Those are marked `slow`: `.ci/run` runs them after the README's test command.
 """
 
-import io
 import json
 import os
 import signal
@@ -245,8 +244,9 @@ def test_two_processes_on_a_bucket_equal_a_local_run_through_sigterm_and_kill_9(
   runs.proxies[0].set('hang')
   time.sleep(1)
   started[0][0].kill()
-  started[1][0].kill()  # What the launcher does when one process of a job dies.
-  out = runs.wait(started)[0][1]
+  waited = time.monotonic()
+  (_, out), (status1, _) = runs.wait(started, timeout=120)
+  assert status1 != 0 and time.monotonic() - waited < 60  # JAX stops a process whose coordinator died.
   assert 'Resumed from' in out and f'at step {step} ' in out, out[-3000:]
   names = gcs.names(BUCKET, f'{prefix}/checkpoints/')
   assert f'{prefix}/checkpoints/2/commit_success.txt' not in names  # A partial save is on the bucket.
@@ -304,3 +304,58 @@ def test_503s_and_a_30_s_outage_of_the_store_lose_nothing(gcs, reference, tmp_pa
   else:
     assert results[1][0] == 0, results[1][1][-3000:]
   _assert_same_as_local(gcs, prefix, reference)
+
+
+def _cifar10_tarball(root, per_file=48, test=64):
+  """A small release in CIFAR-10's canonical python format (5 training files and a test file)."""
+  from rpat_jax.data import cifar  # pylint: disable=import-outside-toplevel
+  release, rng = cifar.RELEASES['cifar10'], np.random.default_rng(0)
+  folder = root / release.folder
+  folder.mkdir(parents=True)
+  for split, files in release.splits.items():
+    for file in files:
+      count = per_file if split == 'train' else test
+      batch = {b'data': rng.integers(0, 256, (count, 3072), dtype=np.uint8), b'batch_label': file.encode(),
+               b'labels': [int(v) for v in rng.integers(0, 10, count)]}
+      (folder / file).write_bytes(pickle.dumps(batch, protocol=2))
+  (folder / release.meta).write_bytes(pickle.dumps({b'label_names': [f'c{i}'.encode() for i in range(10)]}))
+  tarball = root / 'cifar-10-python.tar.gz'
+  with tarfile.open(tarball, 'w:gz') as archive:
+    archive.add(folder, arcname=release.folder)
+  return tarball
+
+
+@pytest.mark.slow
+def test_cifar10_prepared_into_a_bucket_trains_from_there(gcs, tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu', **gcs.env())
+  data_dir = f'gs://{BUCKET}/tfds'
+  prepared = subprocess.run([sys.executable, '-m', 'rpat_jax.data.prepare', 'cifar10', f'--data_dir={data_dir}',
+                             f'--source={_cifar10_tarball(tmp_path)}', '--md5=none'],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert prepared.returncode == 0, prepared.stderr[-3000:]
+  version_dir = prepared.stdout.strip().splitlines()[-1]
+  assert version_dir.startswith(f'{data_dir}/cifar10/')
+  names = gcs.names(BUCKET, 'tfds/cifar10/')
+  assert f'{version_dir[len(f"gs://{BUCKET}/"):]}/dataset_info.json' in names
+  assert any('array_record' in name for name in names)
+
+  # Training reads it from the bucket (a local copy per machine), with no TFDS data on this machine.
+  cache = tmp_path / 'cache'
+  train = subprocess.run(
+      [sys.executable, '-m', 'rpat_jax.main', f'--workdir={tmp_path / "run"}', *TINY, '--config.epochs=1',
+       '--config.data.name=cifar10', f'--config.data.data_dir={data_dir}', f'--config.data.cache_dir={cache}'],
+      env=dict(env, TFDS_DATA_DIR=str(tmp_path / 'no_tfds_here')), cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert train.returncode == 0, train.stderr[-3000:]
+  assert f'from {data_dir} to {cache}' in train.stderr
+  rows = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert [row['step'] for row in rows] == [240 // 64]
+  assert list(cache.glob('data_dirs/*/cifar10/*/dataset_info.json'))
+
+  # A data_dir in a bucket without the dataset: one line saying how to prepare it, before any work.
+  missing = subprocess.run(
+      [sys.executable, '-m', 'rpat_jax.main', f'--workdir={tmp_path / "run2"}', *TINY, '--config.data.name=cifar10',
+       f'--config.data.data_dir=gs://{BUCKET}/empty'], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  lines = [line for line in missing.stderr.splitlines() if line.startswith('rpat_jax: error:')]
+  assert missing.returncode == 2 and len(lines) == 1, missing.stderr[-3000:]
+  assert f'python -m rpat_jax.data.prepare cifar10 --data_dir=gs://{BUCKET}/empty' in lines[0]

@@ -5,11 +5,16 @@ time. CIFAR-10/100 and Tiny-ImageNet are prepared without TensorFlow too (`rpat_
 `rpat_jax.data.tiny_imagenet`); other TFDS datasets need `tfds build` once (see `DatasetNotFoundError`). The whole
 decoded dataset is small (CIFAR: 180 MB) and is placed on the devices by the trainer. With several
 processes each one reads only the rows its devices hold (`describe` + `load_rows`).
+
+A data_dir in a bucket (`gs://BUCKET/tfds`, where TPU users keep datasets) is copied once per machine into
+the local cache (`_local_copy`) and read from there: TFDS's ArrayRecord reader reads local files only.
 """
 
 import concurrent.futures
 import hashlib
 import os
+import shutil
+import tempfile
 from typing import Optional, Tuple
 
 import ml_collections
@@ -18,6 +23,7 @@ from absl import logging
 
 from rpat_jax.data.image_dataset import DatasetInfo, ImageDataset
 from rpat_jax.data.synthetic import make_synthetic
+from rpat_jax.run import paths
 
 _CHUNK = 1000  # Records per read; chunks are decoded in parallel (PIL releases the GIL).
 # Prepared by the trainer when missing (`rpat_jax.data.prepare`): the canonical tarballs need no TensorFlow.
@@ -113,8 +119,7 @@ def _feature_keys(builder) -> Tuple[str, str]:
 
 
 def _cache_path(cache_dir: str, builder, data_dir: Optional[str], split: str) -> str:
-  if not cache_dir:
-    cache_dir = os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'rpat_jax')
+  cache_dir = _cache_root(cache_dir)
   where = hashlib.sha1(os.path.abspath(builder.data_dir).encode()).hexdigest()[:10]
   safe_split = split.replace('[', '_').replace(']', '').replace(':', '-').replace('%', 'pct')
   return os.path.join(cache_dir, f'{builder.name}-{builder.info.version}-{safe_split}-{where}.npz')
@@ -140,6 +145,41 @@ def _decode_split(builder, data_dir: Optional[str], split: str) -> Tuple[np.ndar
   return _decode_rows(source, _feature_keys(builder), np.arange(len(source)))
 
 
+def _cache_root(cache_dir: str) -> str:
+  return cache_dir or os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'rpat_jax')
+
+
+def _local_copy(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`data_config` itself, or for a data_dir in a bucket a copy reading from a local copy of the dataset's
+  prepared version (made once per machine: copied into a temporary folder, then renamed into place, so a
+  half-copied dataset is never read). A dataset that is not prepared there is left for the caller to report."""
+  if data_config.name == 'synthetic' or not data_config.data_dir or not paths.is_remote(data_config.data_dir):
+    return data_config
+  builder = _builder(data_config.name, data_config.data_dir)
+  if builder is None:
+    return data_config
+  version = f'{builder.name}/{builder.info.version}'
+  digest = hashlib.sha1(str(data_config.data_dir).rstrip('/').encode()).hexdigest()[:10]
+  local_dir = os.path.join(_cache_root(data_config.cache_dir), 'data_dirs', digest)
+  target = os.path.join(local_dir, version)
+  if not os.path.isfile(os.path.join(target, 'dataset_info.json')):
+    logging.info('Copying %s from %s to %s (once per machine).', version, data_config.data_dir, local_dir)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix='.copy-', dir=os.path.dirname(target))
+    try:
+      paths.copy_to_local(f'{str(data_config.data_dir).rstrip("/")}/{version}', scratch)
+      try:
+        os.rename(scratch, target)
+      except OSError:  # Another process of this machine finished first.
+        if not os.path.isfile(os.path.join(target, 'dataset_info.json')):
+          raise
+    finally:
+      shutil.rmtree(scratch, ignore_errors=True)
+  local = ml_collections.ConfigDict(data_config.to_dict())
+  local.data_dir = local_dir
+  return local
+
+
 def _load_split(builder, data_config, split: str) -> Tuple[np.ndarray, np.ndarray]:
   path = _cache_path(data_config.cache_dir, builder, data_config.data_dir, split)
   if os.path.exists(path):
@@ -160,6 +200,7 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> ImageDataset:
   if data_config.name == 'synthetic':
     s = data_config.synthetic
     return make_synthetic(s.num_train, s.num_test, s.image_size, s.num_classes, s.seed)
+  data_config = _local_copy(data_config)
   builder = _builder(data_config.name, data_config.data_dir)
   if builder is None:
     raise DatasetNotFoundError(data_config.name, data_config.data_dir)
@@ -181,6 +222,7 @@ def describe(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     s = data_config.synthetic
     return DatasetInfo(s.num_train, s.num_test, (s.image_size, s.image_size, 3), s.num_classes, 'synthetic')
   import tensorflow_datasets as tfds
+  data_config = _local_copy(data_config)
   builder = _builder(data_config.name, data_config.data_dir)
   if builder is None:
     raise DatasetNotFoundError(data_config.name, data_config.data_dir)
@@ -209,6 +251,7 @@ def load_rows(data_config: ml_collections.ConfigDict, split: str, rows: np.ndarr
                       else (dataset.test_images, dataset.test_labels))
     return images[rows], labels[rows]
   import tensorflow_datasets as tfds
+  data_config = _local_copy(data_config)
   builder = _builder(data_config.name, data_config.data_dir)
   if builder is None:
     raise DatasetNotFoundError(data_config.name, data_config.data_dir)

@@ -23,6 +23,7 @@ import hashlib
 import http.client
 import os
 import sys
+import tempfile
 import time
 import types
 import urllib.error
@@ -36,6 +37,7 @@ from absl import logging
 from rpat_jax.data import arrayrecord
 from rpat_jax.data import cifar
 from rpat_jax.data import dataset
+from rpat_jax.run import paths
 
 PROG = 'rpat_jax.data.prepare'
 NAMES = tuple(cifar.RELEASES)
@@ -183,6 +185,8 @@ def prepare(name: str, data_dir: Optional[str] = None, *, source: Optional[str] 
   if md5 is not None and md5 != 'none' and (len(md5) != 32 or any(c not in '0123456789abcdefABCDEF' for c in md5)):
     raise PrepareError(f'--md5={md5} is not 32 hex digits or none')
   release = cifar.RELEASES[name]
+  if data_dir and paths.is_remote(data_dir):
+    return _prepare_in_bucket(name, data_dir, source=source, md5=md5, progress=progress)
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
   try:
     os.makedirs(data_dir, exist_ok=True)
@@ -213,6 +217,26 @@ def prepare(name: str, data_dir: Optional[str] = None, *, source: Optional[str] 
     where = _write(name, data_dir, source)
     logging.info('Prepared %s in %s from %s in %.0f s.', name, where, source, time.time() - started)
     return where
+
+
+def _prepare_in_bucket(name: str, data_dir: str, **kwargs) -> str:
+  """Prepares `name` in a local temporary folder and uploads it under the URI `data_dir`, its
+  dataset_info.json last: TFDS (and `dataset_available`) take a dataset for prepared once that file is
+  there, so an interrupted upload is never read. Two machines preparing at once upload the same files."""
+  release = cifar.RELEASES[name]
+  target = f'{data_dir.rstrip("/")}/{name}/{release.version}'
+  if dataset.dataset_available(name, data_dir):
+    logging.info('%s is prepared in %s already.', name, data_dir)
+    return target
+  with tempfile.TemporaryDirectory(prefix=f'rpat_prepare_{name}_') as local:
+    where = prepare(name, local, **kwargs)
+    logging.info('Uploading %s to %s.', where, target)
+    try:
+      paths.upload(where, target, last='dataset_info.json')
+    except Exception as error:  # pylint: disable=broad-except  # gcsfs and TensorFlow raise their own kinds.
+      raise PrepareError(f'uploading {name} to {target} failed: {paths.describe_error(error)}; it is not '
+                         'taken for prepared until its dataset_info.json is there (run the command again)') from error
+  return target
 
 
 def convert_tfrecord(name: str, data_dir: Optional[str], out_dir: str) -> str:
@@ -257,6 +281,9 @@ def ensure_prepared(data_config) -> None:
   if dataset.prepared_as_tfrecord(name, data_config.data_dir):
     raise dataset.DatasetNotFoundError(name, data_config.data_dir)  # Its message says how to convert.
   data_dir = data_config.data_dir or default_data_dir()
+  if paths.is_remote(data_dir):  # Not on every worker of a pod at once: prepared once, by a command.
+    raise PrepareError(f'{name} is not prepared in data.data_dir={data_dir}; prepare it once with `python -m '
+                       f'rpat_jax.data.prepare {name} --data_dir={data_dir}` (--source=PATH offline)')
   logging.info('%s is not prepared in %s: preparing it now (python -m rpat_jax.data.prepare).', name, data_dir)
   try:
     prepare(name, data_dir)

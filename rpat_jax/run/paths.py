@@ -113,3 +113,18 @@ def move(source: PathLike, target: PathLike) -> epath.Path:
   store.copy(source_key, target_key, recursive=store.isdir(source_key))
   store.rm(source_key, recursive=True)
   return target
+
+
+def copy_to_local(source: PathLike, local_dir: str) -> None:
+  """Copies the files under the URI `source` into the existing local folder `local_dir`."""
+  store, key = fsspec.core.url_to_fs(str(source))
+  store.get(key.rstrip('/') + '/', local_dir.rstrip('/') + '/', recursive=True)
+
+
+def upload(local_dir: str, target: PathLike, *, last: str = '') -> None:
+  """Copies the files of the local folder `local_dir` under the URI `target`; the file named `last` goes
+  after all others (a reader that waits for it sees every other file)."""
+  store, key = fsspec.core.url_to_fs(str(target))
+  files = [os.path.join(folder, name) for folder, _, names in os.walk(local_dir) for name in names]
+  for path in sorted(files, key=lambda path: os.path.basename(path) == last):
+    store.put_file(path, f'{key.rstrip("/")}/{os.path.relpath(path, local_dir)}')
