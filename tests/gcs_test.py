@@ -7,6 +7,7 @@ each, every one with its own proxy in front of the server (to see what each writ
 fail). Those are marked `slow`: `.ci/run` runs them after the README's test command.
 """
 
+import io
 import json
 import os
 import signal
@@ -359,3 +360,38 @@ def test_cifar10_prepared_into_a_bucket_trains_from_there(gcs, tmp_path):
   lines = [line for line in missing.stderr.splitlines() if line.startswith('rpat_jax: error:')]
   assert missing.returncode == 2 and len(lines) == 1, missing.stderr[-3000:]
   assert f'python -m rpat_jax.data.prepare cifar10 --data_dir=gs://{BUCKET}/empty' in lines[0]
+
+
+def _state_position(gcs, name):
+  """(attack_position, chunk_position) of an AutoAttack state file on the bucket, or None."""
+  if name not in gcs.names(BUCKET, name.rsplit('/', 1)[0] + '/'):
+    return None
+  with np.load(io.BytesIO(gcs.read(BUCKET, name))) as saved:
+    return int(saved['attack_position']), int(saved['chunk_position'])
+
+
+@pytest.mark.slow
+def test_evaluation_resumes_on_the_bucket_and_the_report_reads_runs_there(gcs, tmp_path):
+  runs = _Runs(gcs, tmp_path)
+  for name, seed in (('run1', 0), ('run2', 1)):
+    runs.run([f'--workdir=gs://{BUCKET}/eval/{name}', *TINY, '--config.epochs=1', f'--config.seed={seed}'],
+             processes=1)
+  evaluate = [f'--workdir=gs://{BUCKET}/eval/run1', '--aa_version=custom', '--attacks=apgd-ce,apgd-t',
+              '--n_examples=64', '--batch_size=16']
+  started = runs.start(evaluate, processes=1, module='rpat_jax.evaluate')
+  state = 'eval/run1/eval/aa_state_best.npz'
+  _until(lambda: (_state_position(gcs, state) or (0, 0))[0] >= 1, timeout=240, what='APGD-CE to finish')
+  started[0][0].kill()  # kill -9 in the middle of APGD-T.
+  runs.wait(started)
+  out = runs.run(evaluate, processes=1, module='rpat_jax.evaluate')[0][1]
+  assert 'starting afresh' not in out and 'robust accuracy after apgd-ce' not in out, out[-3000:]
+  assert 'robust accuracy after apgd-t' in out, out[-3000:]
+  result = json.loads(gcs.read(BUCKET, 'eval/run1/eval/results.json'))
+  assert 0 <= result['aa_acc'] <= result['clean_acc'] and list(result['per_attack']) == ['apgd-ce', 'apgd-t']
+
+  report = subprocess.run([sys.executable, '-m', 'rpat_jax.report', f'gs://{BUCKET}/eval/run1',
+                           f'gs://{BUCKET}/eval/run2', f'--out={tmp_path / "report"}'], env=runs.env(0), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert report.returncode == 0, report.stderr[-3000:]
+  table = (tmp_path / 'report' / 'results.md').read_text()
+  assert 'run1' in table and 'run2' in table

@@ -71,6 +71,7 @@ def test_eight_devices_train_three_steps_like_one_device(tmp_path):
   np.testing.assert_allclose(eight['flat'], one['flat'], atol=1e-3)
 
 
+@pytest.mark.slow  # Minutes of the suite: run by .ci/run after the README's command.
 def test_eight_devices_evaluate_every_point_like_one_device(tmp_path):
   """Also with every program's weights as `hoisted_jit` arguments and its prologue's outputs replicated over
   the 8 devices (`eval_and_hoisted`' second run): the points the one-device run with embedded weights gives. XLA's
@@ -110,6 +111,7 @@ def _close(rows_a, rows_b):
     assert abs(a['test_pgd_acc'] - b['test_pgd_acc']) <= 2 / 64
 
 
+@pytest.mark.slow  # Minutes of the suite: run by .ci/run after the README's command.
 def test_two_processes_train_like_one_process_checkpoint_and_resume_on_other_layouts(tmp_path):
   two_by_two = _train(tmp_path, 'two', processes=2, devices=2, epochs=1)
   one_by_four = _train(tmp_path, 'one', processes=1, devices=4, epochs=2)
