@@ -104,6 +104,7 @@ def test_apgd_compiles_one_gradient_program_per_bucket(problem, weights):
 
 
 @pytest.mark.xla_optimized  # The lax functions' loops.
+@pytest.mark.slow  # One of the suite's heaviest: run by .ci/run after the README's command.
 def test_fab_t_and_fab_fool_the_points_the_lax_functions_fool(problem):
   logits_fn, x, y = problem
   key = jax.random.key(5)

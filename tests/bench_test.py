@@ -130,6 +130,7 @@ def test_train_bench_prints_every_key(tmp_path):
   assert 'tuned' not in row['torch']
 
 
+@pytest.mark.slow  # One of the suite's heaviest: run by .ci/run after the README's command.
 def test_eval_bench_prints_every_key(tmp_path):
   pytest.importorskip('pyautoattack')
   result, _ = _bench(tmp_path, '--what=eval', '--n_examples=16', '--eval_batch_size=16', '--aa_version=custom',

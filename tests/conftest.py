@@ -54,8 +54,9 @@ if os.environ.get('RPAT_TEST_DEFAULT_BACKEND'):
 def pytest_configure(config):
   config.addinivalue_line('markers', 'xla_optimized: compile with XLA optimisations on (a test whose time goes '
                           'into running long loops, not into compiling)')
-  config.addinivalue_line('markers', 'slow: minutes of multi-process runs (the pod path under faults); the README\'s '
-                          'test command leaves them out (pytest.ini), `.ci/run` runs them after it (-m slow)')
+  config.addinivalue_line('markers', 'slow: the heaviest tests (multi-process runs: the pod path under faults; a few '
+                          'single tests of 15 s or more); the README\'s test command leaves them out (pytest.ini), '
+                          '`.ci/run` runs them after it (-m slow)')
   config.addinivalue_line('markers', 'cpu_only: a test of a CPU-only path, skipped where rpat_jax.cpu.enabled() '
                           'is false')
 
