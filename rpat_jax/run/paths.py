@@ -1,8 +1,8 @@
 """Every file a run or an evaluation reads or writes goes through here: local paths and object stores alike.
 
 A workdir is an `etils.epath.Path`: a local directory (made absolute) or a URI such as `gs://BUCKET/run`
-(served by gcsfs, a requirement, or TensorFlow's gfile when it is installed; Orbax writes the arrays of a
-checkpoint there with TensorStore's own GCS client). No module opens a workdir file with `open`
+(served by gcsfs, a requirement, with the settings below, or TensorFlow's gfile when it is installed; Orbax
+writes the arrays of a checkpoint there with TensorStore's own GCS client). No module opens a workdir file with `open`
 or `os.path`, so a remote workdir never falls back to a local directory named `gs:`. Writes of whole files
 are atomic where the store allows: locally a temporary file renamed over the target; an object store
 publishes an object only when its upload completes.
@@ -26,6 +26,8 @@ os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 # them; a stale list leaves the processes waiting at different barriers).
 for _protocol in ('gs', 'gcs'):
   fsspec.config.conf.setdefault(_protocol, {}).setdefault('use_listings_cache', False)
+  # gcsfs with a retry budget that outlasts a short outage (gcs_client.py), imported on first use.
+  fsspec.register_implementation(_protocol, 'rpat_jax.run.gcs_client.PatientGCSFileSystem', clobber=True)
 
 PathLike = Union[str, os.PathLike, epath.Path]
 
