@@ -65,6 +65,8 @@ def main(argv, cli) -> None:
   except (validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError, paths.PathError,
           saved_config.ConfigChangeError, prepare.PrepareError) as error:
     cli_lib.fail(PROG, error)
+  except checkpointing.CheckpointSaveError as error:  # As a command, not left waiting on the failed save.
+    cli_lib.fail(PROG, error, status=1, abandon_threads=__name__ == '__main__')
   except (checkpointing.CheckpointError, train.NonFiniteLossError) as error:
     cli_lib.fail(PROG, error, status=1)
   except preemption.Preempted as stopped:

@@ -6,6 +6,7 @@ absl or ml_collections traceback. `fail` prints such a line for the errors the t
 """
 
 import functools
+import os
 import re
 import sys
 from typing import Callable, NoReturn, Sequence
@@ -60,8 +61,14 @@ def parse_error_message(argv: Sequence[str], error: BaseException) -> str:
   return f'{argument + ": " if argument else ""}{_last_line(error)}'
 
 
-def fail(prog: str, error, status: int = 2, label: str = 'error') -> NoReturn:
+def fail(prog: str, error, status: int = 2, label: str = 'error', *, abandon_threads: bool = False) -> NoReturn:
+  """Prints `prog: label: <one line>` and exits with `status`. abandon_threads: exit without waiting for
+  other threads (after a failed checkpoint save, Orbax's wait for signals that never come)."""
   print(f'{prog}: {label}: {error if isinstance(error, str) else _last_line(error)}', file=sys.stderr)
+  if abandon_threads:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
   sys.exit(status)
 
 
