@@ -1,11 +1,11 @@
 """Every file a run or an evaluation reads or writes goes through here: local paths and object stores alike.
 
 A workdir is an `etils.epath.Path`: a local directory (made absolute) or a URI such as `gs://BUCKET/run`
-(served by gcsfs, a requirement, with the settings below, or TensorFlow's gfile when it is installed; Orbax
-writes the arrays of a checkpoint there with TensorStore's own GCS client). No module opens a workdir file with `open`
-or `os.path`, so a remote workdir never falls back to a local directory named `gs:`. Writes of whole files
-are atomic where the store allows: locally a temporary file renamed over the target; an object store
-publishes an object only when its upload completes.
+(served by gcsfs, a requirement, with the settings below, or TensorFlow's gfile when it is installed;
+Orbax writes the arrays of a checkpoint there with TensorStore's own GCS client). No module opens a
+workdir file with `open` or `os.path`, so a remote workdir never falls back to a local directory named
+`gs:`. Writes of whole files are atomic where the store allows: locally a temporary file renamed over the
+target; an object store publishes an object only when its upload completes.
 """
 
 import os
