@@ -111,8 +111,10 @@ class Emulator:
 
 
 class Proxy:
-  """A TCP proxy to `target_port` in one of three modes: 'pass' relays; '503' answers every request with
-  HTTP 503, as GCS does when overloaded; 'hang' accepts connections and never answers (a store that stalls).
+  """A TCP proxy to `target_port` in one of four modes: 'pass' relays; '503' answers every request with
+  HTTP 503, as GCS does when overloaded; 'down' closes every connection at once (the store unreachable,
+  while the server keeps its state, as GCS keeps upload sessions through a network outage); 'hang' accepts
+  connections and never answers (a store that stalls).
   Switching drops the connections it was relaying, so the next request meets the new mode. `writes` lists
   (method, object) of each upload or delete this proxy's client sent (read off the relayed requests)."""
 
@@ -128,7 +130,7 @@ class Proxy:
     threading.Thread(target=self._accept, daemon=True).start()
 
   def set(self, mode: str) -> None:
-    assert mode in ('pass', '503', 'hang'), mode
+    assert mode in ('pass', '503', 'down', 'hang'), mode
     self.mode = mode
     with self._lock:
       for connection in self._open:
@@ -144,6 +146,9 @@ class Proxy:
       threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
   def _serve(self, client):
+    if self.mode == 'down':
+      _close(client)
+      return
     if self.mode == 'hang':
       with self._lock:
         self._open.append(client)
