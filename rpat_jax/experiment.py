@@ -10,6 +10,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
@@ -17,6 +18,7 @@ from jax.sharding import Mesh
 from rpat_jax.config import validation
 from rpat_jax import data
 from rpat_jax import optim
+from rpat_jax import seeds
 from rpat_jax.sharding import devices
 from rpat_jax.sharding import parallel
 from rpat_jax import steps
@@ -34,17 +36,26 @@ class Experiment:
 
   def _create_state(self):
     tx = optim.make_optimizer(self.config, self.steps_per_epoch)  # Outside the trace: the state keeps it.
-    return lambda: steps.create_train_state(self.config, self.forward, tx, self.info.image_shape)
+    create = lambda seed=None: steps.create_train_state(self.config, self.forward, tx, self.info.image_shape, seed)
+    if not seeds.stacked(self.config):
+      return create
+    return lambda: jax.vmap(create)(jnp.asarray(seeds.values(self.config), jnp.int32))
+
+  def state_sharding(self) -> jax.sharding.NamedSharding:
+    """The train state's layout: replicated, or split by seed over the mesh (`seed_sharding='seeds'`)."""
+    if seeds.stacked(self.config) and self.config.seed_sharding == 'seeds':
+      return parallel.batch_sharded(self.mesh)
+    return parallel.replicated(self.mesh)
 
   def init_state(self) -> steps.TrainState:
-    """The initial train state of `config.seed`, replicated over the mesh (the structure a checkpoint
-    restores into)."""
-    return jax.jit(self._create_state(), out_shardings=parallel.replicated(self.mesh))()
+    """The initial train state of `config.seed` (or of each of a K-seed run's seeds, stacked), laid out by
+    `state_sharding` (the structure a checkpoint restores into)."""
+    return jax.jit(self._create_state(), out_shardings=self.state_sharding())()
 
   def abstract_state(self) -> steps.TrainState:
     """`init_state()`'s shapes, dtypes and sharding, nothing computed (what `aot` compiles against)."""
-    replicated = parallel.replicated(self.mesh)
-    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+    sharding = self.state_sharding()
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
                         jax.eval_shape(self._create_state()))
 
   def train_layout(self) -> Tuple[np.ndarray, jax.sharding.NamedSharding]:

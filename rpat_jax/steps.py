@@ -48,9 +48,10 @@ def update_average(ema, params, batch_stats, decay: jax.Array):
 
 
 def create_train_state(config: ml_collections.ConfigDict, forward: Forward, tx: optax.GradientTransformation,
-                       image_shape: Tuple[int, int, int]) -> TrainState:
-  """A fresh state from `config.seed`: the init key and the run key are split from one root key."""
-  init_key, run_key = jax.random.split(jax.random.key(config.seed))
+                       image_shape: Tuple[int, int, int], seed=None) -> TrainState:
+  """A fresh state from `seed` (default `config.seed`; may be traced, for the seeds of a K-seed run): the
+  init key and the run key are split from one root key."""
+  init_key, run_key = jax.random.split(jax.random.key(config.seed if seed is None else seed))
   variables = forward.init(init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
   ema = None
   if config.ema.enabled:  # Its own buffers: the state is donated to the step.

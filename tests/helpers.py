@@ -1,7 +1,9 @@
-"""What tests share: the repository root, a tiny version of the smoke config, and XLA's optimisations on
-for a block. The session's set-up (compilation settings, scheduling) is conftest.py's."""
+"""What tests share: the repository root, a tiny version of the smoke config, XLA's optimisations on for
+a block, a run's metric rows without timings, and a hook before each compiled epoch step. The session's
+set-up (compilation settings, scheduling) is conftest.py's."""
 
 import contextlib
+import json
 import os
 import sys
 
@@ -13,6 +15,9 @@ if ROOT not in sys.path:  # `configs` is imported as a package from the reposito
 
 from configs import smoke  # noqa: E402
 from rpat_jax.config import threats  # noqa: E402
+from rpat_jax import train  # noqa: E402
+
+TIMING = ('epoch_seconds', 'images_per_second', 'eval_seconds')  # Metrics that differ between equal runs.
 
 
 def _optimize(on: bool) -> None:
@@ -50,3 +55,27 @@ def tiny_config(**overrides):
   config = threats.resolve(config)
   config.update_from_flattened_dict(overrides)
   return config
+
+
+def metric_rows(workdir):
+  """`workdir/metrics.jsonl`'s rows without the timings: what equal runs share."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+
+
+def wrap_steps(monkeypatch, before_step):
+  """Every compiled epoch step calls `before_step(n)` before its n-th call (n counts from 1 per run)."""
+  real = train.compile_epoch_step
+  calls = [0]
+
+  def compile_epoch_step(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def wrapped(*inputs):
+      calls[0] += 1
+      before_step(calls[0])
+      return step(*inputs)
+    return wrapped
+
+  monkeypatch.setattr(train, 'compile_epoch_step', compile_epoch_step)
+  return calls

@@ -4,7 +4,6 @@ loses nothing; resumed runs end equal to an uninterrupted one."""
 
 import contextlib
 import gc
-import json
 import os
 import resource
 import shutil
@@ -18,7 +17,9 @@ import jax
 import pytest
 
 from helpers import ROOT
+from helpers import metric_rows as _rows
 from helpers import tiny_config
+from helpers import wrap_steps as _wrap_steps
 from rpat_jax.run import checkpointing
 from rpat_jax.run import metrics_log
 from rpat_jax.run import preemption
@@ -26,37 +27,11 @@ from rpat_jax.run import saved_config
 from rpat_jax import train
 from rpat_jax.run import workdir_lock
 
-TIMING = ('epoch_seconds', 'images_per_second', 'eval_seconds')
 # tiny_config on the command line (the subprocess tests resume runs it made, so the configs must agree).
 TINY = ['--config=configs/smoke.py', '--config.model.width=8', '--config.data.synthetic.num_train=256',
         '--config.data.synthetic.num_test=64', '--config.data.synthetic.image_size=16', '--config.batch_size=64',
         '--config.attack.steps=2', '--config.eval.batch_size=32', '--config.eval.pgd_steps=2',
         '--config.log.progress=none']
-
-
-def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
-
-
-def _wrap_steps(monkeypatch, before_step):
-  """Every compiled epoch step calls `before_step(n)` before its n-th call (n counts from 1 per run)."""
-  real = train.compile_epoch_step
-  calls = [0]
-
-  def compile_epoch_step(*args, **kwargs):
-    step = real(*args, **kwargs)
-
-    def wrapped(*inputs):
-      calls[0] += 1
-      before_step(calls[0])
-      return step(*inputs)
-    return wrapped
-
-  monkeypatch.setattr(train, 'compile_epoch_step', compile_epoch_step)
-  return calls
-
-
 
 
 def _assert_same_run(state, workdir, straight):

@@ -28,6 +28,18 @@ def get_config():
   config.epochs = 110
   config.batch_size = 128  # Global batch over all devices.
   config.seed = 0
+  # K seeds (seed, ..., seed + K - 1) trained together in one compiled program, the train state with a
+  # leading seed axis (rpat_jax/seeds.py). 1: a single run.
+  config.seeds = 1
+  # K > 1 over several devices. 'batch': each seed's batch split over the devices (data parallel, as one
+  # seed). 'seeds': whole seeds per device (K a multiple of the device count; no gradient all-reduce).
+  config.seed_sharding = 'batch'
+  # How the one program computes the K seeds. 'vmap': vectorised, every op once for all seeds (wide ops for
+  # an accelerator; float sums in another order than a single run's, so a seed matches its single run to
+  # rounding, then drifts as chaotic training does). 'unroll': the single run's step once per seed, each
+  # seed's arithmetic exactly its single run's (compile time grows with K). 'auto': 'unroll' on a CPU (also
+  # the faster there), 'vmap' elsewhere.
+  config.seed_compute = 'auto'
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'preact_resnet18'
@@ -161,6 +173,8 @@ MOVED_KEYS = {
     'rpat.fused_forward': 'passes.fused',
     'rpat.batched_forwards': 'passes.batched',
 }
+# Top-level keys added after runs were recorded, with the value those runs had.
+ADDED_KEYS = {'seeds': 1, 'seed_sharding': 'batch', 'seed_compute': 'auto'}
 
 
 def moved_key_message(key: str) -> str:
@@ -183,6 +197,8 @@ def upgrade_recorded(recorded: dict) -> dict:
   for old in moved_keys_in(recorded):
     (old_group, old_leaf), (new_group, new_leaf) = old.split('.'), MOVED_KEYS[old].split('.')
     recorded.setdefault(new_group, {})[new_leaf] = recorded[old_group].pop(old_leaf)
+  for key, value in ADDED_KEYS.items():  # Recorded before the key existed: the value every run had then.
+    recorded.setdefault(key, value)
   return recorded
 
 

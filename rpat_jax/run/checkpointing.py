@@ -1,7 +1,8 @@
 """Orbax checkpoints of the whole train state: the last N epochs, the best by test PGD accuracy, and the
 newest mid-epoch step (a preemption or `checkpoint.every_minutes`).
 
-Layout: `workdir/checkpoints/<epoch>/` (kept: the last `checkpoint.keep`), `workdir/best/<epoch>/` (kept: 1)
+Layout: `workdir/checkpoints/<epoch>/` (kept: the last `checkpoint.keep`), `workdir/best/<epoch>/` (kept: 1;
+2 in a K-seed run, whose best is composed seed by seed: `train._BestPerSeed`)
 and `workdir/partial/<step>/` (kept: 1, removed once an epoch checkpoint after it is complete). Each holds
 `state` (params, BatchNorm statistics, optimiser state, step, run key) and `meta` (JSON: epoch, best
 accuracy so far; a partial one also the epoch's per-step metrics so far, so a resumed epoch reports what
@@ -61,7 +62,7 @@ class Checkpoints:
   read_only: for an evaluation (nothing is created, a missing directory is an error, no partial manager).
   """
 
-  def __init__(self, workdir: paths.PathLike, keep: int, *, read_only: bool = False):
+  def __init__(self, workdir: paths.PathLike, keep: int, *, read_only: bool = False, best_keep: int = 1):
     self.workdir = paths.as_path(workdir)
     self._state_megabytes = 0.0
 
@@ -79,7 +80,7 @@ class Checkpoints:
       if not (self.workdir / 'checkpoints').is_dir():
         raise FileNotFoundError(f'--workdir={self.workdir} holds no checkpoints/ (is it a training run?)')
     self._last = manager('checkpoints', keep, 'rpat_last')
-    self._best = manager('best', 1, 'rpat_best') if (not read_only or (self.workdir / 'best').is_dir()) else None
+    self._best = manager('best', best_keep, 'rpat_best') if (not read_only or (self.workdir / 'best').is_dir()) else None
     self._partial = None if read_only else manager('partial', 1, 'rpat_partial')
     self._partial_cleanup_after: Optional[int] = None
     self._pending = set()  # Managers with a save whose outcome is not known yet.
@@ -138,14 +139,16 @@ class Checkpoints:
     distributed.barrier(f'rpat_set_aside_{manager.directory.name}_{number}')
     manager.reload()
 
-  def save(self, epoch: int, state: Any, meta: Dict[str, Any], is_best: bool, *, step: Optional[int] = None) -> None:
-    """Saves epoch `epoch` (asynchronously); also as the best checkpoint when `is_best`. The partial
-    checkpoints at or before global `step` go once this save has committed."""
+  def save(self, epoch: int, state: Any, meta: Dict[str, Any], is_best: bool, *, step: Optional[int] = None,
+           best_state: Any = None) -> None:
+    """Saves epoch `epoch` (asynchronously); also as the best checkpoint when `is_best` (`best_state`
+    there instead when given: a K-seed run's composition of each seed's best). The partial checkpoints at
+    or before global `step` go once this save has committed."""
     self.check()
     args = self._args(state, meta)
     self._save(self._last, epoch, args)
     if is_best:
-      self._save(self._best, epoch, args)
+      self._save(self._best, epoch, args if best_state is None else self._args(best_state, meta))
     if step is not None:
       self._partial_cleanup_after = step
 

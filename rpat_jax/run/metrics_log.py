@@ -11,14 +11,15 @@ import json
 import logging as std_logging
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
+import numpy as np
 from absl import logging
 
 from rpat_jax.run import paths
 
-FILE = 'metrics.jsonl'  # One JSON object per epoch.
+FILE = 'metrics.jsonl'  # One JSON object per epoch (per epoch and seed in a K-seed run: its 'seed' key).
 
 
 class _OwnInfoOnly(std_logging.Filter):
@@ -74,6 +75,7 @@ class MetricsLog:
     workdir = paths.as_path(workdir)
     self._path = workdir / FILE
     self._tb = None
+    self._seed_tb = {}
     self._rows = []
     if not self._writes:
       return
@@ -99,14 +101,34 @@ class MetricsLog:
     self._rows.append(json.dumps(row))
     paths.write_atomic(self._path, ''.join(line + '\n' for line in self._rows))
     if self._tb is not None:
+      writer = self._writer(row.get('seed'))
       for key, value in row.items():
-        if key not in ('epoch', 'step') and isinstance(value, (int, float)):
-          self._tb.add_scalar(key, value, row['step'])
-      self._tb.flush()
+        if key not in ('epoch', 'step', 'seed') and isinstance(value, (int, float)):
+          writer.add_scalar(key, value, row['step'])
+      writer.flush()
+
+  def _writer(self, seed):
+    """The events writer of a row: the run's, or for a K-seed run's row its seed's (`tensorboard/seed_<s>`,
+    so TensorBoard draws the seeds as runs side by side)."""
+    if seed is None:
+      return self._tb
+    if seed not in self._seed_tb:
+      self._seed_tb[seed] = self._tb.__class__(self._tb.logdir.rstrip('/') + f'/seed_{seed}')
+    return self._seed_tb[seed]
 
   def close(self) -> None:
+    for writer in self._seed_tb.values():
+      writer.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def seed_ranges(metrics: Optional[Dict[str, Any]]) -> str:
+  """', K seeds: loss 1.52-1.61, acc 28.1-31.0%' for per-seed metrics; '' for a single run's."""
+  if not metrics or np.ndim(metrics.get('loss', 0.0)) == 0:
+    return ''
+  loss, acc = np.asarray(metrics['loss']), 100 * np.asarray(metrics.get('acc', np.nan))
+  return (f', {loss.size} seeds: loss {loss.min():.3g}-{loss.max():.3g}, acc {acc.min():.1f}-{acc.max():.1f}%')
 
 
 class Progress:
@@ -123,16 +145,18 @@ class Progress:
       from tqdm import tqdm
       self._bar = tqdm(total=total_steps, desc=f'epoch {epoch}', unit='step', leave=False, dynamic_ncols=True)
 
-  def update(self, done: int, steps: int) -> None:
-    """`done` steps of the epoch have completed on the device; `steps` since the last update."""
+  def update(self, done: int, steps: int, metrics: Optional[Dict[str, Any]] = None) -> None:
+    """`done` steps of the epoch have completed on the device; `steps` since the last update. metrics: a
+    recent step's host metrics; a K-seed run's ([K] each) show as the seeds' range of loss and accuracy."""
     elapsed = time.perf_counter() - self._start
     rate = done * self._images / max(elapsed, 1e-9)
+    seeds = seed_ranges(metrics)
     if self._bar is not None:
       self._bar.update(steps)
-      self._bar.set_postfix_str(f'{rate:.0f} img/s')
+      self._bar.set_postfix_str(f'{rate:.0f} img/s' + seeds)
     elif self._mode == 'lines':
       eta = elapsed / max(done, 1) * (self._total - done)
-      logging.info('epoch %d: step %d/%d, %.0f img/s, ETA %.0fs', self._epoch, done, self._total, rate, eta)
+      logging.info('epoch %d: step %d/%d, %.0f img/s, ETA %.0fs%s', self._epoch, done, self._total, rate, eta, seeds)
 
   def close(self) -> None:
     if self._bar is not None:
