@@ -6,6 +6,7 @@ import io
 import json
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -127,8 +128,9 @@ def test_tables_pair_each_rpat_run_with_its_seed_and_write_every_file(tmp_path, 
   assert rows['rpat_pp']['base_run'] == 'rebat' and rows['rpat_pp']['delta_clean'] == '+1.00'
   assert rows['rebat']['base_run'] == ''
   markdown = (out / 'results.md').read_text()
-  # Over seeds: (50, 52) -> 51.00 ± 1.41; RPAT's per-seed AA change (+1, +1) -> +1.00 ± 0.00.
-  assert '| 51.00 ± 1.41 |' in markdown and '| +1.00 ± 0.00 |' in markdown
+  # Over seeds: (50, 52) -> 51.00 ± 1.41; RPAT's per-seed AA change (+1, +1) -> +1.00 ± 0.00, an interval of
+  # width 0 (which excludes 0).
+  assert '| 51.00 ± 1.41 |' in markdown and '| +1.00 ± 0.00 [+1.00, +1.00] * |' in markdown
   assert '| rpat_s0 | base_s0 | +4.00 | +1.00 | +1.00 |' in markdown  # Clean, PGD-20, AA.
   assert 'Perception diagnostic' in markdown and '| rpat_s0 | pgd_at + RPAT | pgd |' in markdown
   tex = (out / 'results.tex').read_text()
@@ -168,3 +170,79 @@ def test_the_binary_refuses_in_one_line(tmp_path, capsys, monkeypatch):
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
+
+
+def _seed_run(root, name, config, count, evaluated):
+  """A run trained with seeds=count from `config.seed` as training and evaluation leave it: metrics rows per
+  (epoch, seed), and each evaluated seed's results in eval/seed_<s>/ (evaluated: seed -> (clean, aa))."""
+  workdir = root / name
+  workdir.mkdir()
+  config.seeds = count
+  saved_config.write(config, str(workdir))
+  trained = range(config.seed, config.seed + count)
+  rows = [{'epoch': e, 'seed': s, 'step': 20 * e, 'lr': 0.1, 'train_loss': 2.0 / e + s, 'train_acc': 0.1 * e,
+           'test_clean_acc': 0.2, 'test_pgd_acc': 0.1} for e in (1, 2, 3) for s in trained]
+  (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  for seed, (clean, aa) in evaluated.items():
+    (workdir / 'eval' / f'seed_{seed}').mkdir(parents=True)
+    results = {'clean_acc': clean, 'pgd20_acc': aa + 0.01, 'aa_acc': aa, 'cw20_acc': aa, 'n_examples': 512,
+               'checkpoint': 'best', 'checkpoint_step': 3, 'aa_version': 'standard', 'ema': False, 'seed': 0,
+               'dtype': 'float32', 'nan_count': 0, 'train_seed': seed}
+    (workdir / 'eval' / f'seed_{seed}' / 'results.json').write_text(json.dumps(results))
+  return str(workdir)
+
+
+def test_t_quantiles_and_the_paired_interval():
+  for df, expected in ((1, 12.706), (4, 2.776), (9, 2.262)):
+    assert report.t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
+  mean, deviation, low, high = report.paired_interval([0.01, 0.02, 0.04])
+  half = 4.302653 * np.std([1, 2, 4], ddof=1) / np.sqrt(3) / 100  # t(0.975, 2) = 4.302653.
+  assert (mean, deviation) == pytest.approx((0.07 / 3, np.std([0.01, 0.02, 0.04], ddof=1)))
+  assert (low, high) == pytest.approx((0.07 / 3 - half, 0.07 / 3 + half))
+
+
+def test_a_k_seed_run_is_a_run_per_seed_paired_with_its_bases_and_averaged(tmp_path):
+  root = tmp_path / 'runs'
+  root.mkdir()
+  # RPAT over seeds 0-2 in one run; its bases: seeds 0-1 in one run and seed 2 alone. Per-seed changes:
+  # Clean +2, +3, +4 and AA +1, +2, +4 percentage points.
+  dirs = [_seed_run(root, 'rpat', _config(0, True), 3, {0: (0.52, 0.26), 1: (0.55, 0.27), 2: (0.58, 0.31)}),
+          _seed_run(root, 'base', _config(0, False), 2, {0: (0.50, 0.25), 1: (0.52, 0.25)}),
+          _run(root, 'base_s2', _config(2, False), clean=0.54, aa=0.27, checkpoint='best', step=3)]
+  runs = report.load_runs(dirs)
+  assert [run.name for run in runs] == ['rpat/seed_0', 'rpat/seed_1', 'rpat/seed_2', 'base/seed_0', 'base/seed_1',
+                                        'base_s2']
+  assert [run.config['seed'] for run in runs] == [0, 1, 2, 0, 1, 2] and {run.config['seeds'] for run in runs} == {1}
+  assert {row['seed'] for row in runs[1].metrics} == {1} and [row['epoch'] for row in runs[1].metrics] == [1, 2, 3]
+  binary.write_report(dirs, str(tmp_path / 'out'))
+  out = tmp_path / 'out'
+  rows = {r['run']: r for r in csv.DictReader(io.StringIO((out / 'results.csv').read_text()))}
+  assert [rows[f'rpat/seed_{s}']['base_run'] for s in range(3)] == ['base/seed_0', 'base/seed_1', 'base_s2']
+  assert [rows[f'rpat/seed_{s}']['delta_aa'] for s in range(3)] == ['+1.00', '+2.00', '+4.00']
+  assert rows['rpat/seed_2']['seed'] == '2' and rows['rpat/seed_2']['epochs'] == '3'
+  markdown = (out / 'results.md').read_text()
+  assert '95% confidence interval of the mean change, Student t with n − 1 degrees of freedom' in markdown
+  line = next(line for line in markdown.splitlines() if '| rpat/seed_0, rpat/seed_1, rpat/seed_2 |' in line)
+  cells = [cell.strip() for cell in line.strip('|').split('|')]
+  t = 4.302653  # t(0.975, 2)
+  def expected(changes, mark):
+    mean, deviation = np.mean(changes), np.std(changes, ddof=1)
+    half = t * deviation / np.sqrt(3)
+    return f'{mean:+.2f} ± {deviation:.2f} [{mean - half:+.2f}, {mean + half:+.2f}]{mark}'
+  assert cells[7] == f"{np.mean([52, 55, 58]):.2f} ± {np.std([52, 55, 58], ddof=1):.2f}"  # Clean over seeds.
+  assert cells[12] == expected([2, 3, 4], ' *') == '+3.00 ± 1.00 [+0.52, +5.48] *'  # Excludes 0.
+  assert cells[13] == expected([1, 2, 4], '') == '+2.33 ± 1.53 [-1.46, +6.13]'  # Does not.
+  assert cells[15] == '0, 1, 2'
+  base_line = next(line for line in markdown.splitlines() if '| base/seed_0, base/seed_1, base_s2 |' in line)
+  assert '50.00 ± 1.00' not in base_line and f"{np.mean([50, 52, 54]):.2f} ± 2.00" in base_line
+  assert (out / 'training_curves.png').read_bytes()[:8] == PNG
+
+
+def test_a_k_seed_run_with_results_of_another_seed_is_refused(tmp_path):
+  root = tmp_path / 'runs'
+  root.mkdir()
+  workdir = _seed_run(root, 'rpat', _config(0, True), 2, {0: (0.5, 0.25)})
+  moved = tmp_path / 'runs' / 'rpat' / 'eval' / 'seed_1'
+  (tmp_path / 'runs' / 'rpat' / 'eval' / 'seed_0').rename(moved)
+  with pytest.raises(report.ReportError, match='seed_1: its results are of seed 0, not 1'):
+    report.load_runs([workdir])

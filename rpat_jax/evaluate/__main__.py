@@ -4,7 +4,8 @@
   python -m rpat_jax.evaluate --config=configs/prn18.py --workdir=runs/prn18_rpat --checkpoint=last \
       --n_examples=1000 --aa_version=custom --attacks=apgd-ce,apgd-t
 
-Results go to `workdir/eval/results.{json,md}` (see `rpat_jax.evaluate.run`). Bad input gives one line,
+Results go to `workdir/eval/results.{json,md}`, for a K-seed run per seed to `workdir/eval/seed_<s>/`
+(all its seeds, or `--seeds=1,3`; see `rpat_jax.evaluate.run_seeds`). Bad input gives one line,
 `rpat_jax.evaluate: error: ...`, and exit status 2.
 """
 
@@ -51,6 +52,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNam
       variables=flags.DEFINE_string('variables', None, 'Evaluate these Flax variables (a directory written by '
                                     '`python -m rpat_jax.convert --to=DIR`) instead of a training checkpoint.',
                                     **values),
+      seeds=flags.DEFINE_list('seeds', None, 'The training seeds to evaluate, of a run trained with '
+                              '--config.seeds=K (default: all of its seeds), e.g. 1,3.', **values),
       ema=flags.DEFINE_bool('ema', False, 'Evaluate the weight average of the checkpoint (a run with '
                             'ema.enabled).', **values),
       bf16=flags.DEFINE_bool('bf16', False, 'Run the model in bfloat16 (float32 is the default and the '
@@ -72,19 +75,22 @@ def main(argv, cli) -> None:
       raise ValueError(f'--aa_options is not JSON: {error}') from None
     if options is not None and not (isinstance(options, dict) and all(isinstance(v, dict) for v in options.values())):
       raise ValueError('--aa_options must be a JSON object of objects, e.g. \'{"square": {"n_queries": 1000}}\'')
+    wanted = cli_lib.int_list('--seeds', cli.seeds.value)
     config = cli.config.value if cli.config.value is not None else saved_config.read(cli.workdir.value)
-    results = evaluate.run(config, cli.workdir.value, checkpoint=cli.checkpoint.value,
-                           n_examples=cli.n_examples.value, aa_version=cli.aa_version.value,
-                           attack_names=cli.attacks.value, aa_options=options, batch_size=cli.batch_size.value,
-                           seed=cli.seed.value, bf16=cli.bf16.value, variables_dir=cli.variables.value,
-                           ema=cli.ema.value)
+    every = evaluate.run_seeds(config, cli.workdir.value, checkpoint=cli.checkpoint.value,
+                               n_examples=cli.n_examples.value, aa_version=cli.aa_version.value,
+                               attack_names=cli.attacks.value, aa_options=options, batch_size=cli.batch_size.value,
+                               seed=cli.seed.value, bf16=cli.bf16.value, variables_dir=cli.variables.value,
+                               ema=cli.ema.value, seeds=wanted)
   except (validation.ConfigError, data.DatasetNotFoundError, distributed.DistributedError,
           FileNotFoundError, ValueError, paths.PathError) as error:  # ConfigChangeError is a ValueError.
     cli_lib.fail(PROG, error)
   except checkpointing.CheckpointError as error:
     cli_lib.fail(PROG, error, status=1)
   if jax.process_index() == 0:
-    print(evaluate.markdown_table(results), end='')
+    for position, results in enumerate(every):
+      heading = f"## Seed {results['train_seed']}\n\n" if 'train_seed' in results else ''
+      print(('\n' if position else '') + heading + evaluate.markdown_table(results), end='')
 
 
 if __name__ == '__main__':

@@ -2,14 +2,16 @@
 means over seeds (the tables themselves: `report.tables`; the pictures: `report.figures`).
 
 A run is read from its own files: `config.json` (what was trained), `metrics.jsonl` (the per-epoch
-record) and `eval/results.json` (`python -m rpat_jax.evaluate`). The accuracies come from the evaluation
-only: a run without one has empty cells, never the training log's PGD-10 numbers in the PGD-20 column.
-Mean and NRR are recomputed here from Clean and AA (Mean = (C + A)/2, NRR = 2CA/(C + A)), so a table
+record) and `eval/results.json` (`python -m rpat_jax.evaluate`); a run trained with `seeds=K` is K runs,
+`<run>/seed_<s>`, each with its seed's metrics rows and `eval/seed_<s>/`. The accuracies come from the
+evaluation only: a run without one has empty cells, never the training log's PGD-10 numbers in the PGD-20
+column. Mean and NRR are recomputed here from Clean and AA (Mean = (C + A)/2, NRR = 2CA/(C + A)), so a table
 cannot disagree with its own columns.
 """
 
 import dataclasses
 import json
+import math
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -22,8 +24,10 @@ from rpat_jax.config import threats
 METRICS = ('clean', 'pgd20', 'aa', 'mean', 'nrr')
 METRIC_NAMES = {'clean': 'Clean', 'pgd20': 'PGD-20', 'aa': 'AA', 'mean': 'Mean', 'nrr': 'NRR'}
 # Keys that do not change what is trained: where it is logged, evaluated during training, checkpointed or
-# cached, and the attack's program form (the same computation). Runs equal elsewhere are the same setting.
-HOUSEKEEPING = ('eval.', 'log.', 'checkpoint.', 'data.data_dir', 'data.cache_dir', 'attack.unroll')
+# cached, the attack's program form (the same computation), and how a K-seed run lays its seeds over the
+# devices. Runs equal elsewhere are the same setting.
+HOUSEKEEPING = ('eval.', 'log.', 'checkpoint.', 'data.data_dir', 'data.cache_dir', 'attack.unroll',
+                'seed_sharding', 'seed_compute')
 # What must match for two evaluations to be compared.
 EVALUATION_KEYS = ('n_examples', 'aa_version', 'checkpoint', 'ema', 'seed', 'dtype')
 
@@ -52,9 +56,35 @@ def _read_json(path, what: str) -> Optional[Dict[str, Any]]:
     raise ReportError(f'{what} {path} cannot be read: {paths.describe_error(error)}') from error
 
 
-def load_run(path: str, *, name: Optional[str] = None, ema: bool = False) -> Run:
-  """Reads a run directory; `ema` takes the weight average's results (results_ema.json, perception_*_ema)."""
+def _read_metrics(metrics_path) -> List[Dict[str, Any]]:
+  metrics = []
+  if metrics_path.exists():
+    for number, line in enumerate(metrics_path.read_text().splitlines(), 1):
+      if line.strip():
+        try:
+          metrics.append(json.loads(line))
+        except ValueError as error:
+          raise ReportError(f'{metrics_path} line {number} is not JSON: {error}') from error
+  return metrics
+
+
+def _read_evaluations(eval_dir, suffix: str):
+  """(results, perception) of one model's evaluation directory (`eval/` or `eval/seed_<s>/`)."""
+  results = _read_json(eval_dir / f'results{suffix}.json', 'evaluation results')
+  perception = {}
+  for kind in ('pgd', 'random'):
+    found = _read_json(eval_dir / f'perception_{kind}{suffix}.json', 'perception diagnostic')
+    if found is not None:
+      perception[kind] = found
+  return results, perception
+
+
+def load_directory(path: str, *, name: Optional[str] = None, ema: bool = False) -> List[Run]:
+  """Reads a run directory: one Run, or for a run trained with `seeds=K` one per seed, named
+  `<name>/seed_<s>`, each with its seed's config (seed s, seeds 1), metrics rows and evaluations
+  (`eval/seed_<s>/`). `ema` takes the weight average's results (results_ema.json, perception_*_ema)."""
   root = paths.as_path(path)
+  name = name or root.name
   if not root.is_dir():
     raise ReportError(f'{path}: no such run directory')
   try:
@@ -63,35 +93,35 @@ def load_run(path: str, *, name: Optional[str] = None, ema: bool = False) -> Run
     raise ReportError(f'{path} has no config.json: is it a training run?') from error
   except ValueError as error:
     raise ReportError(f'{path}: {error}') from error
-  metrics = []
-  metrics_path = root / metrics_log.FILE
-  if metrics_path.exists():
-    for number, line in enumerate(metrics_path.read_text().splitlines(), 1):
-      if line.strip():
-        try:
-          metrics.append(json.loads(line))
-        except ValueError as error:
-          raise ReportError(f'{metrics_path} line {number} is not JSON: {error}') from error
+  metrics = _read_metrics(root / metrics_log.FILE)
   suffix = '_ema' if ema else ''
-  results = _read_json(root / 'eval' / f'results{suffix}.json', 'evaluation results')
-  perception = {}
-  for kind in ('pgd', 'random'):
-    found = _read_json(root / 'eval' / f'perception_{kind}{suffix}.json', 'perception diagnostic')
-    if found is not None:
-      perception[kind] = found
-  return Run(path=str(path), name=name or root.name, config=saved_config.flatten(config), metrics=metrics, results=results,
-             perception=perception)
+  flat = saved_config.flatten(config)
+  if flat.get('seeds', 1) == 1:
+    results, perception = _read_evaluations(root / 'eval', suffix)
+    return [Run(path=str(path), name=name, config=flat, metrics=metrics, results=results, perception=perception)]
+  runs = []
+  for seed in range(flat['seed'], flat['seed'] + flat['seeds']):
+    subdir = f'seed_{seed}'  # seeds.subdir's name, without building a ConfigDict per seed.
+    results, perception = _read_evaluations(root / 'eval' / subdir, suffix)
+    for what, found in [('results', results)] + list(perception.items()):
+      if found is not None and found.get('train_seed', seed) != seed:
+        raise ReportError(f"{root / 'eval' / subdir}: its {what} are of seed {found['train_seed']}, not {seed}")
+    runs.append(Run(path=str(path), name=f'{name}/{subdir}', config=dict(flat, seed=seed, seeds=1),
+                    metrics=[row for row in metrics if row.get('seed') == seed], results=results,
+                    perception=perception))
+  return runs
 
 
 def load_runs(run_paths: Sequence[str], *, ema: bool = False) -> List[Run]:
-  """Reads every run; names are the directory names, or the paths as given where two names collide."""
+  """Reads every run (a K-seed run as K runs); names are the directory names, or the paths as given where
+  two names collide."""
   if not run_paths:
     raise ReportError('give at least one run directory')
   names = [paths.as_path(p).name for p in run_paths]
   runs = []
   for path, name in zip(run_paths, names):
     unique = names.count(name) == 1
-    runs.append(load_run(path, name=name if unique else str(path).rstrip('/'), ema=ema))
+    runs.extend(load_directory(path, name=name if unique else str(path).rstrip('/'), ema=ema))
   seen = set()
   for run in runs:
     if run.name in seen:
@@ -219,10 +249,26 @@ def pair_bases(runs: Sequence[Run], rows: Sequence[Dict[str, Any]]) -> Dict[str,
   return pairs
 
 
+def t_quantile(probability: float, degrees_of_freedom: int) -> float:
+  """The `probability` quantile of Student's t distribution (scipy, which jax depends on)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel  # Slow to import; only the report needs it.
+  return float(stats.t.ppf(probability, degrees_of_freedom))
+
+
+def paired_interval(differences: Sequence[float], confidence: float = 0.95) -> Tuple[float, float, float, float]:
+  """(mean, sample standard deviation, low, high) of paired differences (at least two): the confidence
+  interval of their mean, mean ± t(1 - (1 - confidence)/2, n - 1) · sd / √n."""
+  n = len(differences)
+  mean, deviation = statistics.mean(differences), statistics.stdev(differences)
+  half = t_quantile(1 - (1 - confidence) / 2, n - 1) * deviation / math.sqrt(n)
+  return mean, deviation, mean - half, mean + half
+
+
 def seed_groups(runs: Sequence[Run], rows: Sequence[Dict[str, Any]],
                 pairs: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
   """Runs that differ only in their seed, evaluated alike: mean and sample standard deviation per metric,
-  and for RPAT groups the mean and deviation of the per-seed changes over the base."""
+  and for RPAT groups the per-seed changes over the base (the seeds with a base evaluated alike, at least
+  two): their mean, deviation and 95% confidence interval (`paired_interval`)."""
   by_name = {row['run']: row for row in rows}
   groups: Dict[Tuple, List[str]] = {}
   for run in runs:
@@ -243,11 +289,12 @@ def seed_groups(runs: Sequence[Run], rows: Sequence[Dict[str, Any]],
     for key in METRICS:
       values = [by_name[n][key] for n in names]
       summary[key] = (statistics.mean(values), statistics.stdev(values))
-    deltas = [pairs[n]['delta'] for n in names if n in pairs and pairs[n]['delta'] is not None]
-    summary['delta'] = None
-    if len(deltas) == len(names):
-      summary['delta'] = {key: (statistics.mean(d[key] for d in deltas), statistics.stdev(d[key] for d in deltas))
-                          for key in METRICS}
+    paired = [n for n in names if n in pairs and pairs[n]['delta'] is not None]
+    summary.update(delta=None, delta_interval=None, delta_seeds=[by_name[n]['seed'] for n in paired])
+    if len(paired) >= 2:
+      intervals = {key: paired_interval([pairs[n]['delta'][key] for n in paired]) for key in METRICS}
+      summary['delta'] = {key: interval[:2] for key, interval in intervals.items()}
+      summary['delta_interval'] = {key: interval[2:] for key, interval in intervals.items()}
     summaries.append(summary)
   return summaries
 

@@ -4,11 +4,13 @@
   python -m rpat_jax.report runs/* --out=report --robustbench=report/robustbench
 
 Reads each run's `config.json`, `metrics.jsonl`, `eval/results.json` (`--ema`: `results_ema.json`) and
-`eval/perception_*.json`, and writes to `--out`: `results.md`, `results.csv`, `results.tex` (one row per
-run, each RPAT run's change over its base run, means over seeds), `training_curves.png`,
-`tradeoff_<dataset>_<model>_<threat>.png` per setting evaluated with AutoAttack (the paper's published
-points of that setting as references), and `perception_<kind>.png` where runs have the diagnostic.
-`--robustbench=DIR` also writes `DIR/<dataset>/<Linf|L2>/<run>.json` in RobustBench's model-info shape.
+`eval/perception_*.json` (a run trained with `--config.seeds=K`: K runs `<run>/seed_<s>`, each with its
+metrics rows and `eval/seed_<s>/`), and writes to `--out`: `results.md`, `results.csv`, `results.tex` (one
+row per run, each RPAT run's change over its base run, means over seeds with a 95% interval of the paired
+change), `training_curves.png`, `tradeoff_<dataset>_<model>_<threat>.png` per setting evaluated with
+AutoAttack (the paper's published points of that setting as references), and `perception_<kind>.png` where
+runs have the diagnostic. `--robustbench=DIR` also writes `DIR/<dataset>/<Linf|L2>/<run>.json` in
+RobustBench's model-info shape (`<run>/seed_<s>.json` for a seed of a K-seed run).
 Bad input gives one line, `rpat_jax.report: error: ...`, and exit status 2.
 """
 

@@ -23,6 +23,15 @@ def _mean_std(pair, signed=False) -> str:
   return f"{100 * mean:{'+' if signed else ''}.2f} ± {100 * std:.2f}"
 
 
+def _paired_change(group, key) -> str:
+  """'+0.85 ± 0.21 [+0.33, +1.37] *': the mean change ± its deviation, its interval, * if it excludes 0."""
+  if not group['delta']:
+    return ''
+  low, high = group['delta_interval'][key]
+  return (f"{_mean_std(group['delta'][key], signed=True)} [{_signed(low)}, {_signed(high)}]"
+          + (' *' if low > 0 or high < 0 else ''))
+
+
 def _md_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> List[str]:
   out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   return out + ['| ' + ' | '.join(str(cell) for cell in line) + ' |' for line in lines]
@@ -49,13 +58,18 @@ def markdown(rows, pairs, groups, perception_rows=()) -> str:
                        [[name, pair['base'] or ''] + [_signed(pair['delta'] and pair['delta'][k]) for k in METRICS]
                         + [pair['note']] for name, pair in pairs.items()])
   if groups:
-    lines += ['', '## Over seeds (mean ± sample standard deviation)', '']
+    lines += ['', '## Over seeds (mean ± sample standard deviation)', '',
+              'Δ over base: the per-seed change over the base run, over the seeds with one (`paired seeds`, at '
+              'least two): mean ± standard deviation [95% confidence interval of the mean change, Student t '
+              'with n − 1 degrees of freedom]; * marks an interval that excludes 0.', '']
     lines += _md_table(('dataset', 'model', 'threat', 'method', 'RPAT', 'seeds', 'runs')
-                       + tuple(METRIC_NAMES.values()) + tuple(f'Δ {n} over base' for n in ('Clean', 'AA', 'NRR')),
+                       + tuple(METRIC_NAMES.values()) + tuple(f'Δ {n} over base' for n in ('Clean', 'AA', 'NRR'))
+                       + ('paired seeds',),
                        [[g['dataset'], g['model'], g['threat'], g['method'], g['rpat_cell'],
                          ', '.join(map(str, g['seeds'])), ', '.join(g['runs'])]
                         + [_mean_std(g[k]) for k in METRICS]
-                        + [_mean_std(g['delta'][k], signed=True) if g['delta'] else '' for k in ('clean', 'aa', 'nrr')]
+                        + [_paired_change(g, k) for k in ('clean', 'aa', 'nrr')]
+                        + [', '.join(map(str, g['delta_seeds'])) if g['delta'] else '']
                         for g in groups])
   if perception_rows:
     lines += ['', '## Perception diagnostic (mean squared logit change between x and its perturbation)', '',

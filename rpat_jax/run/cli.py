@@ -9,7 +9,7 @@ import functools
 import os
 import re
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, List, NoReturn, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -70,6 +70,20 @@ def fail(prog: str, error, status: int = 2, label: str = 'error', *, abandon_thr
     sys.stderr.flush()
     os._exit(status)  # pylint: disable=protected-access
   sys.exit(status)
+
+
+def int_list(flag: str, values: Optional[Sequence[str]]) -> Optional[List[int]]:
+  """A list flag's values as distinct integers (None where it is not given); ValueError naming the flag."""
+  if not values:
+    return None
+  shown = f'{flag}={",".join(values)}'
+  try:
+    numbers = [int(value) for value in values]
+  except ValueError:
+    raise ValueError(f'{shown}; allowed: integers, e.g. {flag}=1,3') from None
+  if len(set(numbers)) != len(numbers):
+    raise ValueError(f'{shown}: a value given twice')
+  return numbers
 
 
 def parse_flags(prog: str, argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS):
