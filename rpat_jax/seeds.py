@@ -1,10 +1,11 @@
 """K seeds of one config trained together: the seed axis of a multi-seed run.
 
 `config.seeds = K` trains seeds `config.seed`, ..., `config.seed + K - 1` in one compiled program. Every leaf
-of the train state gets a leading axis of K, and slice i is exactly the state of a single run with seed
-`config.seed + i` (`select`). K = 1 is a single run: no seed axis, so single runs and their checkpoints are
-what they always were. The evaluation tools write a K-seed run's results per seed, in `seed_<s>/`
-(`subdir`), and read a single run's where they always did.
+of the train state gets a leading axis of K; slice i (`select`) starts as the single run of seed
+`config.seed + i` and makes its random draws, and follows it to float rounding (docs/training.md). K = 1 is
+a single run: no seed axis, so single runs and their checkpoints are what they always were. The evaluation
+tools write a K-seed run's results per seed, in `seed_<s>/` (`subdir`), and read a single run's where they
+always did.
 """
 
 from typing import List, Optional, Sequence, Tuple

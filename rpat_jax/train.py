@@ -42,9 +42,8 @@ def run_keys(state: steps.TrainState):
 
 def per_seed(experiment: Experiment, fn, in_axes=0):
   """`fn` over the seed axis of a K-seed run, in one program (`seeds.compute`): vectorised ('vmap': every
-  op of the step once, K wide) or unrolled ('unroll': the single run's step K times over, each seed's
-  arithmetic exactly a single run's); `fn` itself for a single run. in_axes: 0 (on the seed axis) or None
-  (shared), per argument."""
+  op of the step once, K wide) or unrolled ('unroll': the single run's step written K times); `fn` itself
+  for a single run. in_axes: 0 (on the seed axis) or None (shared), per argument."""
   config = experiment.config
   if not seeds.stacked(config):
     return fn
@@ -174,9 +173,14 @@ def _first_non_finite(host_metrics: List[Dict[str, Any]], first_step: int, seed_
 
 
 def _mean_metrics(host_metrics: List[Dict[str, Any]]) -> Dict[str, np.ndarray]:
-  """The epoch's mean of each metric (a float32 scalar, or [K] for K seeds)."""
-  return {key: np.asarray(np.mean([np.asarray(m[key], np.float32) for m in host_metrics], axis=0))
-          for key in host_metrics[0]}
+  """The epoch's mean of each metric (a float32 scalar, or [K] for K seeds), each seed's over a contiguous
+  column: numpy sums a 1-D array pairwise, a 2-D one along axis 0 row by row, and the float32 results differ."""
+  means = {}
+  for key in host_metrics[0]:
+    values = np.asarray([np.asarray(m[key], np.float32) for m in host_metrics])
+    means[key] = (np.asarray(np.mean(values)) if values.ndim == 1 else
+                  np.asarray([np.mean(np.ascontiguousarray(values[:, i])) for i in range(values.shape[1])]))
+  return means
 
 
 def seed_rows(config, row: Dict[str, Any]) -> List[Dict[str, Any]]:

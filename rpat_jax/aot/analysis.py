@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional
 
 import jax
 
+from rpat_jax.bench import report as bench_report
+
 DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'f8e4m3fn': 1, 'f8e5m2': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2,
                's32': 4, 'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
 COLLECTIVES = ('all-reduce', 'reduce-scatter', 'all-gather', 'all-to-all', 'collective-permute',
@@ -117,11 +119,8 @@ def analyse(lowered: jax.stages.Lowered, *, images: int, devices: int, chip, usa
             'images_per_device': images / devices, 'refused': str(error).strip().splitlines()[0][:300],
             'collectives': {}, 'matrix_dtypes': {}, 'host_transfers': 0, 'loops': 0}
   seconds = time.perf_counter() - started
-  memory = compiled.memory_analysis()
-  parts = {'arguments': memory.argument_size_in_bytes, 'outputs': memory.output_size_in_bytes,
-           'aliased': memory.alias_size_in_bytes, 'temporaries': memory.temp_size_in_bytes,
-           'code': memory.generated_code_size_in_bytes}
-  total = parts['arguments'] + parts['outputs'] - parts['aliased'] + parts['temporaries'] + parts['code']
+  parts = bench_report.memory(compiled)
+  total = parts.pop('total')
   text = compiled.as_text()
   row = {'compile_seconds': round(seconds, 1), 'bytes_per_device': total, 'bytes': parts,
          'device_bytes': usable_bytes, 'fits': total <= usable_bytes, 'images_per_device': images / devices,

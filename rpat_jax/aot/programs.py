@@ -20,6 +20,7 @@ import numpy as np
 from rpat_jax import attacks
 from rpat_jax import data
 from rpat_jax import experiment as experiment_lib
+from rpat_jax import seeds
 from rpat_jax import steps
 from rpat_jax import train
 from rpat_jax.autoattack import apgd
@@ -69,11 +70,12 @@ def training_programs(experiment: experiment_lib.Experiment) -> List[Program]:
   labels = _sharded(rows.shape, jnp.int32, sharding)
   order = train.abstract_order(experiment)
   last = steps.rpat_active(config, config.epochs - 1)
-  found = [Program('train_step', TRAIN, config.batch_size,
+  images_per_step = config.batch_size * seeds.count(config)  # Every seed's batch.
+  found = [Program('train_step', TRAIN, images_per_step,
                    lambda: train.jit_epoch_step(experiment, with_rpat=last).lower(state, images, labels, order),
                    'with RPAT' if last else '')]
   if last and not steps.rpat_active(config, 0):
-    found.append(Program('train_step_before_rpat', TRAIN, config.batch_size,
+    found.append(Program('train_step_before_rpat', TRAIN, images_per_step,
                          lambda: train.jit_epoch_step(experiment, with_rpat=False).lower(state, images, labels, order),
                          f'epochs before rpat.start_epoch={config.rpat.start_epoch}'))
   test_rows, test_sharding = experiment.test_layout()

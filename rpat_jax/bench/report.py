@@ -73,3 +73,15 @@ def mfu(flops_per_item: Optional[float], items_per_second: float, peak: Optional
   if not peak or not flops_per_item:
     return None
   return flops_per_item * items_per_second / (peak * devices)
+
+
+def memory(compiled) -> Dict[str, int]:
+  """A compiled program's bytes per device from XLA's memory analysis: its parts and 'total' (arguments +
+  outputs - aliased + temporaries + code), what must fit in the device's memory at once."""
+  analysis = compiled.memory_analysis()
+  parts = {'arguments': analysis.argument_size_in_bytes, 'outputs': analysis.output_size_in_bytes,
+           'aliased': analysis.alias_size_in_bytes, 'temporaries': analysis.temp_size_in_bytes,
+           'code': analysis.generated_code_size_in_bytes}
+  return {**parts, 'total': parts['arguments'] + parts['outputs'] - parts['aliased'] + parts['temporaries']
+          + parts['code']}
+

@@ -11,10 +11,12 @@ from typing import Dict, Tuple
 
 import jax
 import ml_collections
+import numpy as np
 
 from rpat_jax.config import validation
 from rpat_jax import data
 from rpat_jax import experiment as experiment_lib
+from rpat_jax import seeds
 from rpat_jax.sharding import parallel
 from rpat_jax.config import threats
 from rpat_jax import train
@@ -70,10 +72,7 @@ def _random_dataset(mesh, count: int, side: int, classes: int, seed: int):
 
 
 def _lowered_step(experiment, state, images, labels):
-  replicated = parallel.replicated(experiment.mesh)
-  epoch_step = train.make_epoch_step(experiment)
-  return jax.jit(epoch_step, donate_argnums=0, out_shardings=(replicated, replicated)).lower(
-      state, images, labels, train.abstract_order(experiment))
+  return train.jit_epoch_step(experiment).lower(state, images, labels, train.abstract_order(experiment))
 
 
 def step_flops(experiment, state, images, labels) -> Dict:
@@ -130,26 +129,31 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int, dtype: str, steps
       for _ in range(3):
         state, metrics = compiled(state, images, labels, order)
       jax.block_until_ready((state, metrics))
-  loss = float(metrics['loss'])
-  if loss != loss:
+  losses = np.asarray(metrics['loss'])  # [K] for K seeds.
+  if np.isnan(losses).any():
     raise FloatingPointError('the benchmarked step gave a NaN loss')
+  loss = float(losses.mean())
 
   stats = report.timing_stats(seconds)
-  images_per_second = batch_size / (stats['median'] / 1e3)
+  seed_count = seeds.count(config)
+  images_per_second = seed_count * batch_size / (stats['median'] / 1e3)  # Every seed's images.
   device = report.device_info()
   flops_per_image, flops_source = None, None
   if flops:  # The compiled count, unless the backend's analysis lost most of it (then the lowered one).
     source = 'compiled' if flops['compiled'] >= 0.5 * flops['lowered'] else 'lowered'
-    flops_per_image = flops[source] / batch_size
+    flops_per_image = flops[source] / (seed_count * batch_size)
     flops_source = f'XLA cost analysis of the {source} step, attack loop unrolled'
   peak = report.peak_flops(device['kind'], dtype)
   row = {
       'what': 'train', 'model': config.model.name, 'method': config.method, 'rpat': config.rpat.enabled,
       'attack': {'norm': config.attack.norm, 'steps': config.attack.steps, 'bn_mode': config.attack.bn_mode},
       'data': data_note, 'device': device, 'versions': report.versions(), 'batch_size': batch_size, 'dtype': dtype,
+      'seeds': seed_count, 'seed_compute': seeds.compute(config) if seed_count > 1 else None,
       'compile_seconds': compile_seconds, 'step_ms': stats, 'images_per_second': images_per_second,
+      'images_per_second_per_seed': images_per_second / seed_count,
+      'memory': report.memory(compiled),
       'flops_per_image': flops_per_image,
-      'flops_per_image_lowered': flops['lowered'] / batch_size if flops else None,
+      'flops_per_image_lowered': flops['lowered'] / (seed_count * batch_size) if flops else None,
       'flops_source': flops_source,
       'peak_flops_per_device': peak,
       'mfu': report.mfu(flops_per_image, images_per_second, peak, device['count']),

@@ -35,10 +35,9 @@ def get_config():
   # seed). 'seeds': whole seeds per device (K a multiple of the device count; no gradient all-reduce).
   config.seed_sharding = 'batch'
   # How the one program computes the K seeds. 'vmap': vectorised, every op once for all seeds (wide ops for
-  # an accelerator; float sums in another order than a single run's, so a seed matches its single run to
-  # rounding, then drifts as chaotic training does). 'unroll': the single run's step once per seed, each
-  # seed's arithmetic exactly its single run's (compile time grows with K). 'auto': 'unroll' on a CPU (also
-  # the faster there), 'vmap' elsewhere.
+  # an accelerator). 'unroll': the single run's step once per seed (compile time grows with K). Either way a
+  # seed equals its single run to float rounding, not bit for bit (docs/training.md). 'auto': 'unroll' on a
+  # CPU (the faster there), 'vmap' elsewhere.
   config.seed_compute = 'auto'
 
   config.model = ml_collections.ConfigDict()
