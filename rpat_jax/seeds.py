@@ -13,6 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from rpat_jax import cpu
+
 
 def count(config) -> int:
   """K: how many seeds the run trains (1 for a config recorded before the key existed)."""
@@ -25,13 +27,12 @@ def stacked(config) -> bool:
 
 
 def compute(config) -> str:
-  """How one program computes K seeds (`config.seed_compute`): 'vmap' or 'unroll'; 'auto' is 'unroll' where
-  the CPU gate is on (`rpat_jax.cpu.enabled`), 'vmap' elsewhere."""
+  """How one program computes K seeds (`config.seed_compute`): 'vmap' or 'unroll'; 'auto' asks the CPU gate
+  (`rpat_jax.cpu.seed_compute`: 'unroll' on a CPU, 'vmap' elsewhere)."""
   choice = config.get('seed_compute', 'auto')
   if choice != 'auto':
     return choice
-  from rpat_jax import cpu  # pylint: disable=import-outside-toplevel  # The gate imports the device list.
-  return 'unroll' if cpu.enabled() else 'vmap'
+  return cpu.seed_compute()
 
 
 def values(config) -> List[int]:

@@ -9,7 +9,7 @@ import sys
 from helpers import ROOT
 
 PACKAGE = pathlib.Path(ROOT) / 'rpat_jax'
-SCIENCE = {'main', 'train', 'experiment', 'methods', 'steps', 'forward', 'objectives', 'attacks', 'optim'}
+SCIENCE = {'main', 'train', 'experiment', 'methods', 'steps', 'forward', 'objectives', 'attacks', 'optim', 'seeds'}
 # What code outside rpat_jax/cpu may call there: the entry points that ask the gate themselves.
 GATED_ENTRY_POINTS = {'convs.for_attacks', 'chunks.for_gradients', 'chunks.points_per_call', 'hoisted_jit.jit',
                       'hoisted_jit.run_once_options', 'xla_flags.prefer_eigen_convolutions'}

@@ -3,6 +3,8 @@
   python tests/multidevice_worker.py steps OUT.npz   # 3 train steps of the tiny config: params, metrics
   python tests/multidevice_worker.py eval OUT.npz    # trainer evaluation sums, AutoAttack per point
   python tests/multidevice_worker.py eval_and_hoisted OUT.npz   # the same, then with every program's weights hoisted
+  python tests/multidevice_worker.py seeds_batch OUT.npz   # 4 seeds, each seed's batch split: 3 steps and the evaluation
+  python tests/multidevice_worker.py seeds_whole OUT.npz   # the same with whole seeds per device (seed_sharding=seeds)
   launch/local.sh 2 1 python tests/multidevice_worker.py mismatch -   # each process a different config
 """
 
@@ -67,6 +69,26 @@ def evaluation_and_hoisted(out: str):
   evaluation(out.replace('.npz', '_hoisted.npz'))
 
 
+def seed_steps(out: str, sharding: str):
+  """3 train steps of 4 seeds (vectorised, the accelerators' form) and the per-epoch evaluation."""
+  setup = experiment.create(tiny_config(**{'seeds': 4, 'seed_sharding': sharding, 'seed_compute': 'vmap',
+                                           'eval.num_examples': 0}))
+  state = setup.init_state()
+  spec = jax.tree.leaves(state.params)[0].sharding.spec
+  images, labels = setup.train_data()
+  step = train.jit_epoch_step(setup)
+  order = train.epoch_order(setup)(state, 0)
+  losses = []
+  for _ in range(3):
+    state, metrics = step(state, images, labels, order)
+    losses.append(np.asarray(metrics['loss']))
+  eval_data = setup.test_data()
+  sums = jax.device_get(train.compile_evaluate(setup, state, eval_data)(state, *eval_data))
+  leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+  np.savez(out, flat=np.concatenate([np.ravel(leaf) for leaf in leaves]), losses=np.array(losses),
+           clean=sums['clean_correct'], devices=jax.device_count(), split=str(spec))
+
+
 def mismatch(_):
   """Joins with local.sh's flags, then compares a config that differs by process: must fail in one line."""
   from rpat_jax.sharding import distributed
@@ -81,5 +103,6 @@ def mismatch(_):
 
 
 if __name__ == '__main__':
-  modes = {'steps': train_steps, 'eval': evaluation, 'eval_and_hoisted': evaluation_and_hoisted, 'mismatch': mismatch}
+  modes = {'steps': train_steps, 'eval': evaluation, 'eval_and_hoisted': evaluation_and_hoisted, 'mismatch': mismatch,
+           'seeds_batch': lambda out: seed_steps(out, 'batch'), 'seeds_whole': lambda out: seed_steps(out, 'seeds')}
   modes[sys.argv[1]](sys.argv[2])

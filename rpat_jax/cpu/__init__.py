@@ -12,6 +12,7 @@ runs there. The one step taken before JAX starts (an XLA:CPU flag, `xla_flags`) 
   phase_conv   a stride-2 convolution's input gradient as one stride-1 convolution per pixel phase
   hoisted_jit  the attacks' jit with the weights as arguments and their transforms computed once
   xla_flags    XLA's own (Eigen) convolutions instead of YNNPACK's, set in XLA_FLAGS at import
+  seed_compute()  a K-seed run's seeds unrolled, not vectorised (`config.seed_compute='auto'`)
 
 The figures behind each are in docs/benchmarks.md (CPU table).
 """
@@ -47,3 +48,10 @@ def expected_before_start() -> bool:
   if platforms:
     return platforms.split(',')[0].strip() == 'cpu'
   return not _accelerator_plugin_installed()
+
+
+def seed_compute() -> str:
+  """How one program computes a K-seed run's seeds where `config.seed_compute='auto'`: unrolled on a CPU,
+  where XLA:CPU runs the vectorised step's batched convolutions slower than K copies of the single step
+  (docs/benchmarks.md, K seeds in one program); vectorised elsewhere."""
+  return 'unroll' if enabled() else 'vmap'
