@@ -1,6 +1,7 @@
 """K seeds in one program (`config.seeds`): each seed draws what its single run draws, a killed K-seed run
 resumes to the uninterrupted one, the best epoch is chosen per seed, and bad input is one line."""
 
+import functools
 import json
 import os
 import signal
@@ -22,6 +23,12 @@ from rpat_jax.run import preemption
 from rpat_jax.run import saved_config
 
 
+@functools.lru_cache(maxsize=None)
+def _single_first_step(seed):
+  """A single run's first step, shared by both forms' tests."""
+  return _first_step(tiny_config(seed=seed))
+
+
 def _first_step(config):
   experiment = experiment_lib.create(config)
   state = experiment.init_state()
@@ -40,7 +47,7 @@ def test_each_seed_draws_what_its_single_run_draws(compute):
   initial, order, state, metrics = _first_step(tiny_config(seed=3, seeds=2, seed_compute=compute))
   assert metrics['loss'].shape == (2,) and order.shape == (2, 256)
   for index, seed in enumerate((3, 4)):
-    single_initial, single_order, single, single_metrics = _first_step(tiny_config(seed=seed))
+    single_initial, single_order, single, single_metrics = _single_first_step(seed)
     parts = lambda state: (state.params, state.batch_stats, state.opt_state, state.rng, state.step)
     chex.assert_trees_all_equal(parts(seeds.select(initial, index)), parts(single_initial))
     np.testing.assert_array_equal(order[index], single_order)
