@@ -19,6 +19,7 @@ from rpat_jax import seeds
 from rpat_jax import train
 from rpat_jax.config import validation
 from rpat_jax.run import checkpointing
+from rpat_jax.run import metrics_log
 from rpat_jax.run import preemption
 from rpat_jax.run import saved_config
 
@@ -74,6 +75,7 @@ def test_a_killed_k_seed_run_resumes_to_the_uninterrupted_one_with_the_best_per_
   chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
   assert metric_rows(workdir) == metric_rows(tmp_path / 'straight')
 
+  assert sorted(os.listdir(tmp_path / 'run' / 'tensorboard'))[-4:] == [f'seed_{seed}' for seed in range(4)]
   rows = metric_rows(workdir)
   best_epochs = [max((row for row in rows if row['seed'] == seed), key=lambda row: row['test_pgd_acc'])['epoch']
                  for seed in seeds.values(config)]  # max() keeps the first of equal accuracies, as the run.
@@ -120,3 +122,9 @@ def test_a_non_finite_metric_names_its_seed():
   metrics = [{'loss': np.float32([1.0, np.nan, 2.0]), 'acc': np.float32([0.1, 0.2, np.inf])}]
   assert train._first_non_finite(metrics, 7, [3, 4, 5]) == 'step 7 of seed 4, 5: acc, loss'
   assert jax.tree.leaves(metrics)  # The metrics are left as they were.
+
+
+def test_the_progress_line_shows_the_seeds_range():
+  metrics = {'loss': np.float32([1.52, 1.61, 1.57]), 'acc': np.float32([0.281, 0.31, 0.3])}
+  assert metrics_log.seed_ranges(metrics) == ', 3 seeds: loss 1.52-1.61, acc 28.1-31.0%'
+  assert metrics_log.seed_ranges({'loss': np.float32(1.5), 'acc': np.float32(0.3)}) == ''
