@@ -97,7 +97,9 @@ def make_epoch_step(experiment: Experiment, *, with_rpat: Optional[bool] = None)
   of devices. with_rpat: as `steps.make_train_step` (the loop passes `steps.rpat_active` of the epoch).
 
   A K-seed run trains every seed in the one step (`per_seed`): each seed with its own state, key and
-  order, all batches gathered at once (`_gather_batches`); metrics are [K].
+  order, all batches gathered at once (`_gather_batches`); metrics are [K]. With whole seeds per device
+  (`seed_sharding='seeds'`) the step runs under `shard_map`, each device on its seeds' shards: left to
+  sharding propagation, the CUDA compiler all-gathered tens of GB a step (docs/benchmarks.md).
   """
   config = experiment.config
   train_step = steps.make_train_step(config, experiment.forward, experiment.steps_per_epoch, with_rpat=with_rpat)
@@ -115,7 +117,11 @@ def make_epoch_step(experiment: Experiment, *, with_rpat: Optional[bool] = None)
     if not seeds.stacked(config):
       return seed_step(state, *parallel.gather_rows(experiment.mesh, images, labels, chosen_rows(state, order)))
     chosen = jax.vmap(chosen_rows)(state, order)
-    return per_seed(experiment, seed_step)(state, *_gather_batches(experiment, images, labels, chosen))
+    every_seed = per_seed(experiment, seed_step)
+    if config.seed_sharding == 'seeds':  # Each device steps its own seeds: nothing for XLA to repartition.
+      spec = jax.sharding.PartitionSpec(parallel.DATA_AXIS)
+      every_seed = jax.shard_map(every_seed, mesh=experiment.mesh, in_specs=spec, out_specs=spec)
+    return every_seed(state, *_gather_batches(experiment, images, labels, chosen))
 
   return step
 
