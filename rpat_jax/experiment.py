@@ -42,8 +42,8 @@ class Experiment:
     return lambda: jax.vmap(create)(jnp.asarray(seeds.values(self.config), jnp.int32))
 
   def state_sharding(self) -> jax.sharding.NamedSharding:
-    """The train state's layout: replicated, or split by seed over the mesh (`seed_sharding='seeds'`)."""
-    if seeds.stacked(self.config) and self.config.seed_sharding == 'seeds':
+    """The train state's layout: replicated, or split by seed over the mesh (`seeds.layout`: 'seeds')."""
+    if seeds.stacked(self.config) and seeds.layout(self.config, self.mesh.size) == 'seeds':
       return parallel.batch_sharded(self.mesh)
     return parallel.replicated(self.mesh)
 

@@ -35,6 +35,16 @@ def compute(config) -> str:
   return cpu.seed_compute()
 
 
+def layout(config, device_count: int) -> str:
+  """Where a K-seed run's seeds live on `device_count` devices (`config.seed_sharding`): 'batch' (each seed's
+  batch split over them) or 'seeds' (whole seeds per device). 'auto' is 'seeds' where K is a multiple of
+  several devices (the compilers' choice: docs/benchmarks.md), else 'batch'."""
+  choice = config.get('seed_sharding', 'auto')
+  if choice != 'auto':
+    return choice
+  return 'seeds' if stacked(config) and device_count > 1 and count(config) % device_count == 0 else 'batch'
+
+
 def values(config) -> List[int]:
   """The seeds of the run, in the order of the seed axis."""
   return [config.seed + index for index in range(count(config))]

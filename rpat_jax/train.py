@@ -73,14 +73,14 @@ def epoch_order(experiment: Experiment):
 
 
 def _gather_batches(experiment: Experiment, images, labels, chosen):
-  """The rows `chosen` [K, B] of every seed as batches [K, B, ...] laid out for `config.seed_sharding`.
+  """The rows `chosen` [K, B] of every seed as batches [K, B, ...] laid out as `seeds.layout` says.
 
   One gather of K * B rows (`parallel.gather_rows` splits its result by rows over the devices): taken
   batch-row-major ('batch': each device gets its share of every seed's batch, as a single run's split) or
   seed-major ('seeds': each device gets whole seeds, those its share of the state holds).
   """
   k, b = chosen.shape
-  if experiment.config.seed_sharding == 'seeds':
+  if seeds.layout(experiment.config, experiment.mesh.size) == 'seeds':
     flat_images, flat_labels = parallel.gather_rows(experiment.mesh, images, labels, chosen.reshape(-1))
     return flat_images.reshape((k, b) + flat_images.shape[1:]), flat_labels.reshape(k, b)
   flat_images, flat_labels = parallel.gather_rows(experiment.mesh, images, labels, chosen.T.reshape(-1))
@@ -98,7 +98,7 @@ def make_epoch_step(experiment: Experiment, *, with_rpat: Optional[bool] = None)
 
   A K-seed run trains every seed in the one step (`per_seed`): each seed with its own state, key and
   order, all batches gathered at once (`_gather_batches`); metrics are [K]. With whole seeds per device
-  (`seed_sharding='seeds'`) the step runs under `shard_map`, each device on its seeds' shards: left to
+  (`seeds.layout` 'seeds') the step runs under `shard_map`, each device on its seeds' shards: left to
   sharding propagation, the CUDA compiler all-gathered tens of GB a step (docs/benchmarks.md).
   """
   config = experiment.config
@@ -118,7 +118,7 @@ def make_epoch_step(experiment: Experiment, *, with_rpat: Optional[bool] = None)
       return seed_step(state, *parallel.gather_rows(experiment.mesh, images, labels, chosen_rows(state, order)))
     chosen = jax.vmap(chosen_rows)(state, order)
     every_seed = per_seed(experiment, seed_step)
-    if config.seed_sharding == 'seeds':  # Each device steps its own seeds: nothing for XLA to repartition.
+    if seeds.layout(config, experiment.mesh.size) == 'seeds':  # Each device its own seeds: nothing to repartition.
       spec = jax.sharding.PartitionSpec(parallel.DATA_AXIS)
       every_seed = jax.shard_map(every_seed, mesh=experiment.mesh, in_specs=spec, out_specs=spec)
     return every_seed(state, *_gather_batches(experiment, images, labels, chosen))

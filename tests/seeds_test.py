@@ -104,6 +104,13 @@ def test_bad_seed_settings_are_one_line(changes, devices, message):
 
 def test_whole_seeds_per_device_need_no_batch_split():
   validation.validate(tiny_config(seeds=8, seed_sharding='seeds', batch_size=60), 8, data_on_disk=False)
+  validation.validate(tiny_config(seeds=8, batch_size=60), 4, data_on_disk=False)  # 'auto': whole seeds.
+
+
+@pytest.mark.parametrize('count, devices, layout', [(1, 8, 'batch'), (8, 1, 'batch'), (8, 4, 'seeds'),
+                                                    (6, 4, 'batch'), (16, 16, 'seeds')])
+def test_auto_places_whole_seeds_where_the_devices_divide_them(count, devices, layout):
+  assert seeds.layout(tiny_config(seeds=count), devices) == layout
 
 
 def test_resuming_with_another_seed_count_is_refused_and_old_runs_read_as_one_seed(tmp_path):
@@ -115,6 +122,7 @@ def test_resuming_with_another_seed_count_is_refused_and_old_runs_read_as_one_se
     del recorded[key]
   (tmp_path / saved_config.FILE).write_text(json.dumps(recorded))  # A run recorded before the keys existed.
   assert saved_config.check_resume(tiny_config(), tmp_path)
+  assert saved_config.check_resume(tiny_config(seed_sharding='seeds', seed_compute='vmap'), tmp_path)  # Layout.
   assert saved_config.read(tmp_path).seeds == 1
 
 

@@ -33,7 +33,8 @@ def get_config():
   config.seeds = 1
   # K > 1 over several devices. 'batch': each seed's batch split over the devices (data parallel, as one
   # seed). 'seeds': whole seeds per device (K a multiple of the device count; no gradient all-reduce).
-  config.seed_sharding = 'batch'
+  # 'auto': 'seeds' where K is a multiple of the device count, else 'batch'.
+  config.seed_sharding = 'auto'
   # How the one program computes the K seeds. 'vmap': vectorised, every op once for all seeds (wide ops for
   # an accelerator). 'unroll': the single run's step once per seed (compile time grows with K). Either way a
   # seed equals its single run to float rounding, not bit for bit (docs/training.md). 'auto': 'unroll' on a
@@ -173,7 +174,7 @@ MOVED_KEYS = {
     'rpat.batched_forwards': 'passes.batched',
 }
 # Top-level keys added after runs were recorded, with the value those runs had.
-ADDED_KEYS = {'seeds': 1, 'seed_sharding': 'batch', 'seed_compute': 'auto'}
+ADDED_KEYS = {'seeds': 1, 'seed_sharding': 'auto', 'seed_compute': 'auto'}
 
 
 def moved_key_message(key: str) -> str:

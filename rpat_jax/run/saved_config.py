@@ -3,7 +3,8 @@
 Keys that change the meaning of the steps already taken (model, method, data, attack, rpat, optimiser,
 schedule, batch size, seed, ...) must equal the recorded ones; a change is refused in one line naming
 each key with both values. `RESUMABLE_CHANGES` may change: extending `epochs`, the evaluation, logging and
-checkpoint cadence, where the data lives, and `attack.unroll` (the same computation, written out).
+checkpoint cadence, where the data lives, and the same computation written or laid out otherwise (`attack.unroll`,
+a K-seed run's `seed_sharding` and `seed_compute`).
 """
 
 import json
@@ -15,7 +16,8 @@ from rpat_jax.config import defaults
 from rpat_jax.run import paths
 
 FILE = 'config.json'
-RESUMABLE_CHANGES = ('epochs', 'eval', 'log', 'checkpoint', 'data.data_dir', 'attack.unroll')
+RESUMABLE_CHANGES = ('epochs', 'eval', 'log', 'checkpoint', 'data.data_dir', 'attack.unroll', 'seed_sharding',
+                     'seed_compute')
 
 
 class ConfigChangeError(ValueError):
