@@ -4,11 +4,10 @@ written here without training: a K=3 initial state saved as epochs 1 and 2."""
 
 import json
 import os
-import sys
 
 import pytest
-from absl import flags
 
+from helpers import one_line_error
 from helpers import tiny_config
 from rpat_jax import evaluate, experiment, seeds
 from rpat_jax.evaluate import __main__ as evaluate_binary
@@ -94,14 +93,6 @@ def test_a_seed_the_run_did_not_train_is_one_line(runs, binary, capsys, monkeypa
                                  (single_dir, '5', '--seeds=5: the run trained seeds 6, not 5'),
                                  (workdir, '6,x', '--seeds=6,x; allowed: integers'),
                                  (workdir, '6,6', '--seeds=6,6: a value given twice')):
-    flag_values = flags.FlagValues()
-    holders = binary.define_flags(flag_values)
-    argv = ['binary', f'--workdir={where}', f'--seeds={value}']
-    monkeypatch.setattr(sys, 'argv', argv)
-    flag_values(argv)
-    with pytest.raises(SystemExit) as exit_info:
-      binary.main(['binary'], holders)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], lines
+    line = one_line_error(binary, ['binary', f'--workdir={where}', f'--seeds={value}'], monkeypatch, capsys)
+    assert expected in line, line
   assert not os.path.exists(os.path.join(single_dir, 'eval', 'seed_5'))

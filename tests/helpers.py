@@ -79,3 +79,20 @@ def wrap_steps(monkeypatch, before_step):
 
   monkeypatch.setattr(train, 'compile_epoch_step', compile_epoch_step)
   return calls
+
+
+def one_line_error(binary, argv, monkeypatch, capsys) -> str:
+  """Runs a binary's `main` (`define_flags` and `main` of its __main__ module) on argv; asserts it exits
+  with status 2 and one line on stderr, and returns that line."""
+  import pytest  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flag_values = flags.FlagValues()
+  holders = binary.define_flags(flag_values)
+  monkeypatch.setattr(sys, 'argv', argv)
+  flag_values(argv)
+  with pytest.raises(SystemExit) as exit_info:
+    binary.main([argv[0]], holders)
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1, lines
+  return lines[0]

@@ -80,8 +80,7 @@ def test_perturbations_stay_in_the_box_and_do_not_depend_on_the_batch():
 def test_the_binary_writes_its_json_and_figure_for_a_run(tmp_path, capsys, monkeypatch):
   pytest.importorskip('matplotlib')
   import json  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from helpers import one_line_error  # pylint: disable=import-outside-toplevel
   from helpers import tiny_config  # pylint: disable=import-outside-toplevel
   from rpat_jax import train  # pylint: disable=import-outside-toplevel
   from rpat_jax.perception import __main__ as binary  # pylint: disable=import-outside-toplevel
@@ -91,13 +90,5 @@ def test_the_binary_writes_its_json_and_figure_for_a_run(tmp_path, capsys, monke
   assert written['groups']['all']['count'] == 32 == written['n_examples'] and written['checkpoint_step'] == 1
   assert written['groups'] == json.loads(json.dumps(result['groups']))
   assert (tmp_path / 'eval' / 'perception_random.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  flag_values = flags.FlagValues()
-  holders = binary.define_flags(flag_values)
-  argv = ['perception', f'--workdir={tmp_path / "none"}']
-  monkeypatch.setattr(sys, 'argv', argv)
-  flag_values(argv)
-  with pytest.raises(SystemExit) as exit_info:
-    binary.main(['perception'], holders)
-  assert exit_info.value.code == 2
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert len(lines) == 1 and 'none/config.json does not exist' in lines[0]
+  line = one_line_error(binary, ['perception', f'--workdir={tmp_path / "none"}'], monkeypatch, capsys)
+  assert 'none/config.json does not exist' in line
