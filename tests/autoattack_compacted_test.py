@@ -52,7 +52,7 @@ def _check_adversarials(logits_fn, x, y, x_adv, fooled, norm='Linf', eps=EPS):
 
 
 @pytest.mark.xla_optimized  # The lax function's loops.
-@pytest.mark.parametrize('loss', ['ce', 'dlr-targeted'])
+@pytest.mark.parametrize('loss', [pytest.param('ce', marks=pytest.mark.slow), 'dlr-targeted'])
 def test_apgd_fools_the_points_the_lax_function_fools_with_less_work(problem, loss):
   logits_fn, x, y = problem
   options = dict(norm='Linf', eps=EPS, loss=loss, n_iter=20, n_restarts=1, n_target_classes=3)

@@ -300,7 +300,7 @@ def test_acceptance_is_inclusive_at_eps_and_misclassified_points_are_left_alone(
 # The tiny network of aa_reference, in torch and in JAX: parity with the official FAB-T.
 
 
-@pytest.mark.parametrize('norm,eps', [('Linf', 1.5 / 255), ('L2', 0.1)])
+@pytest.mark.parametrize('norm,eps', [('Linf', 1.5 / 255), pytest.param('L2', 0.1, marks=pytest.mark.slow)])
 def test_matches_official_on_tiny_network(norm, eps):
   """100 points, n_iter = 10 (the tiny network converges in fewer), all 9 targets.
 

@@ -185,7 +185,7 @@ def test_l2_start_tiles_eta_at_norm_eps(height, width):
     assert len(np.unique(errors.argmin(-1))) == 4  # All four orientations occur.
 
 
-@pytest.mark.parametrize('norm', ['Linf', 'L2'])
+@pytest.mark.parametrize('norm', ['Linf', pytest.param('L2', marks=pytest.mark.slow)])
 def test_valid_reproducible_and_batch_independent(norm):
   eps = CROSS_EPS[norm]
   x, y = reference_setup()[:2]

@@ -114,7 +114,11 @@ def test_a_weight_broadcast_to_the_batch_stays_in_the_program():
   assert sum(int(np.prod(a.shape)) for a in arguments) == x.size + weight.size  # x, and exp(weight) once.
 
 
-@pytest.mark.parametrize('name', models.MODEL_NAMES)
+# The fast tier checks one model of each family; the Bottleneck ResNet and the benchmark PreActResNet run in
+# the slow tier.
+@pytest.mark.parametrize('name', [
+    pytest.param(name, marks=pytest.mark.slow) if name in ('resnet18_bottleneck', 'preact_resnet18_benchmarks')
+    else name for name in models.MODEL_NAMES])
 def test_every_model_as_the_attacks_run_it_gives_the_same_values_with_and_without_prologue(name):
   """Each architecture's eval-mode logits and APGD's input gradient, in `cpu.convs`' forms, with the weights
   hoisted: the values computed in every call, to float rounding (BatchNorm statistics away from 0 and 1).

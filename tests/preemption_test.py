@@ -110,6 +110,7 @@ def _check_damaged_checkpoints(workdir, straight, caplog):
   assert sorted(os.listdir(everything / 'checkpoints')) == ['1', '2']
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_step_trained_again_after_a_fallback_replaces_its_first_save(tmp_path):
   """The newest checkpoint damaged, so the run falls back and trains epoch 2 again, which best/ already

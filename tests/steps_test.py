@@ -243,7 +243,7 @@ def test_rebat_methods_add_the_teacher_term_from_the_warmup_epoch(method):
   assert int(second.step) == 2
 
 
-@pytest.mark.parametrize('method', ['rebat', 'rpat_plus_plus'])
+@pytest.mark.parametrize('method', [pytest.param('rebat', marks=pytest.mark.slow), 'rpat_plus_plus'])
 def test_official_teacher_bn_uses_batch_statistics_in_the_first_average_epoch_only(method):
   overrides = {'method': method, 'rpat.enabled': False, 'ema.enabled': True, 'ema.start_epoch': 1}
   config, forward, state, batch = _setup(**overrides, **{'rebat.teacher_bn': 'official'})
