@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What K seeds in one program cost on this machine (issue 31), against K single runs one after another.
-#   bash benchmarks/seeds_cost_cpu.sh OUT_DIR [models]      # models: smoke prn18 (default both), e2e
+#   bash benchmarks/seeds_cost_cpu.sh OUT_DIR [models]      # models: any of smoke prn18 e2e (default all three)
 # Per model and K = 1, 2, 4, 8: `python -m rpat_jax.bench` of the K-seed step (float32, the CPU's default
 # seed_compute): ms per step, images/s per seed, compile seconds, bytes per device, and the process's wall
 # time. `e2e`: the README's smoke run with --config.seeds=4 against four single runs, end to end.

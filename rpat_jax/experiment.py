@@ -52,9 +52,10 @@ class Experiment:
     `state_sharding` (the structure a checkpoint restores into)."""
     return jax.jit(self._create_state(), out_shardings=self.state_sharding())()
 
-  def abstract_state(self) -> steps.TrainState:
-    """`init_state()`'s shapes, dtypes and sharding, nothing computed (what `aot` compiles against)."""
-    sharding = self.state_sharding()
+  def abstract_state(self, sharding: Optional[jax.sharding.Sharding] = None) -> steps.TrainState:
+    """`init_state()`'s shapes and dtypes, nothing computed (what `aot` compiles against and a checkpoint
+    restores into), laid out by `sharding` (default: `state_sharding`)."""
+    sharding = sharding or self.state_sharding()
     return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
                         jax.eval_shape(self._create_state()))
 

@@ -40,9 +40,11 @@ def layout(config, device_count: int) -> str:
   batch split over them) or 'seeds' (whole seeds per device). 'auto' is 'seeds' where K is a multiple of
   several devices (the compilers' choice: docs/benchmarks.md), else 'batch'."""
   choice = config.get('seed_sharding', 'auto')
+  if not stacked(config):
+    return 'batch'  # A single run has no seed axis to place.
   if choice != 'auto':
     return choice
-  return 'seeds' if stacked(config) and device_count > 1 and count(config) % device_count == 0 else 'batch'
+  return 'seeds' if device_count > 1 and count(config) % device_count == 0 else 'batch'
 
 
 def values(config) -> List[int]:

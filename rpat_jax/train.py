@@ -52,8 +52,10 @@ def per_seed(experiment: Experiment, fn, in_axes=0):
 
   def unrolled(*args):
     axes = (in_axes,) * len(args) if isinstance(in_axes, int) else in_axes
+    # The seeds this program holds: all K, or a device's block of them under shard_map (the 'seeds' layout).
+    held = next(jax.tree.leaves(arg)[0].shape[0] for arg, axis in zip(args, axes) if axis == 0)
     outputs = [fn(*[seeds.select(arg, index) if axis == 0 else arg for arg, axis in zip(args, axes)])
-               for index in range(seeds.count(config))]
+               for index in range(held)]
     return jax.tree.map(lambda *values: jnp.stack(values), *outputs)
 
   return unrolled
@@ -257,9 +259,10 @@ def _train(config, workdir, stop) -> steps.TrainState:
   config, info = experiment.config, experiment.info
   state = experiment.init_state()
   steps_per_epoch = experiment.steps_per_epoch
-  logging.info('%s: %d parameters, %d classes, %d train / %d test images, %d steps per epoch, %d devices '
-               'in %d processes', config.model.name, sum(p.size for p in jax.tree.leaves(state.params)),
-               info.num_classes, info.num_train, info.num_test, steps_per_epoch, jax.device_count(),
+  logging.info('%s: %d parameters%s, %d classes, %d train / %d test images, %d steps per epoch, %d devices '
+               'in %d processes', config.model.name,
+               sum(p.size for p in jax.tree.leaves(state.params)) // seeds.count(config),
+               f' a seed, {seeds.count(config)} seeds' if seeds.stacked(config) else '', info.num_classes, info.num_train, info.num_test, steps_per_epoch, jax.device_count(),
                jax.process_count())
 
   if config.schedule.name == 'multistep' and any(m >= config.epochs for m in config.schedule.milestones):

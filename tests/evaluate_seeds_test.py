@@ -96,3 +96,15 @@ def test_a_seed_the_run_did_not_train_is_one_line(runs, binary, capsys, monkeypa
     line = one_line_error(binary, ['binary', f'--workdir={where}', f'--seeds={value}'], monkeypatch, capsys)
     assert expected in line, line
   assert not os.path.exists(os.path.join(single_dir, 'eval', 'seed_5'))
+
+
+def test_a_config_naming_other_seeds_than_the_run_is_refused_before_restoring(runs):
+  """--config given to evaluate is the run's description: another K would misread the checkpoint's seed axis,
+  another first seed would file the results under seeds the run did not train."""
+  (stacked, workdir), _ = runs
+  for changes, expected in (({}, 'seed=0, seeds=1 but the run'), ({'seeds': 3}, 'seed=0, seeds=3 but the run')):
+    with pytest.raises(saved_config.ConfigChangeError) as error:
+      evaluate.run_seeds(tiny_config(**changes), workdir, checkpoint='last', **CHEAP)
+    assert expected in str(error.value) and 'trained seed=5, seeds=3' in str(error.value), error.value
+    assert '\n' not in str(error.value)
+  assert not os.path.exists(os.path.join(workdir, 'eval', 'seed_0'))

@@ -5,6 +5,7 @@
   python tests/multidevice_worker.py eval_and_hoisted OUT.npz   # the same, then with every program's weights hoisted
   python tests/multidevice_worker.py seeds_batch OUT.npz   # 4 seeds, each seed's batch split: 3 steps and the evaluation
   python tests/multidevice_worker.py seeds_whole OUT.npz   # the same with whole seeds per device (seed_sharding=seeds)
+  python tests/multidevice_worker.py seeds_whole_unrolled OUT.npz   # the same, each device's seeds unrolled
   launch/local.sh 2 1 python tests/multidevice_worker.py mismatch -   # each process a different config
 """
 
@@ -69,9 +70,10 @@ def evaluation_and_hoisted(out: str):
   evaluation(out.replace('.npz', '_hoisted.npz'))
 
 
-def seed_steps(out: str, sharding: str):
-  """3 train steps of 4 seeds (vectorised, the accelerators' form) and the per-epoch evaluation."""
-  setup = experiment.create(tiny_config(**{'seeds': 4, 'seed_sharding': sharding, 'seed_compute': 'vmap',
+def seed_steps(out: str, sharding: str, compute: str = 'vmap'):
+  """3 train steps of 4 seeds (vectorised: the accelerators' form; or unrolled: the CPU's) and the per-epoch
+  evaluation."""
+  setup = experiment.create(tiny_config(**{'seeds': 4, 'seed_sharding': sharding, 'seed_compute': compute,
                                            'eval.num_examples': 0}))
   state = setup.init_state()
   spec = jax.tree.leaves(state.params)[0].sharding.spec
@@ -104,5 +106,6 @@ def mismatch(_):
 
 if __name__ == '__main__':
   modes = {'steps': train_steps, 'eval': evaluation, 'eval_and_hoisted': evaluation_and_hoisted, 'mismatch': mismatch,
-           'seeds_batch': lambda out: seed_steps(out, 'batch'), 'seeds_whole': lambda out: seed_steps(out, 'seeds')}
+           'seeds_batch': lambda out: seed_steps(out, 'batch'), 'seeds_whole': lambda out: seed_steps(out, 'seeds'),
+           'seeds_whole_unrolled': lambda out: seed_steps(out, 'seeds', 'unroll')}
   modes[sys.argv[1]](sys.argv[2])

@@ -72,14 +72,16 @@ def test_eight_devices_train_three_steps_like_one_device(tmp_path):
 
 
 @pytest.mark.slow  # Three processes compiling: run by .ci/run after the README's command.
-def test_four_seeds_on_four_devices_train_like_one_device_in_either_layout(tmp_path):
+def test_four_seeds_split_over_devices_train_like_one_device_in_either_layout(tmp_path):
   """seed_sharding='batch' (each seed's batch split) and 'seeds' (a whole seed per device, the state split
-  by seed) give one device's steps and evaluation, to float rounding."""
-  one, batch, whole = (_worker('seeds_batch', 1, tmp_path), _worker('seeds_batch', 4, tmp_path),
-                       _worker('seeds_whole', 4, tmp_path))
-  assert str(batch['split']) == 'P()' and str(whole['split']) == "P('data',)"
-  for layout in (batch, whole):
-    assert int(layout['devices']) == 4 and layout['losses'].shape == (3, 4)
+  by seed; vectorised on 4 devices, and unrolled over each device's own 2 seeds on 2) give one device's steps
+  and evaluation, to float rounding."""
+  one, batch, whole, unrolled = (_worker('seeds_batch', 1, tmp_path), _worker('seeds_batch', 4, tmp_path),
+                                 _worker('seeds_whole', 4, tmp_path), _worker('seeds_whole_unrolled', 2, tmp_path))
+  assert str(batch['split']) == 'P()' and str(whole['split']) == str(unrolled['split']) == "P('data',)"
+  assert int(batch['devices']) == int(whole['devices']) == 4 and int(unrolled['devices']) == 2
+  for layout in (batch, whole, unrolled):
+    assert layout['losses'].shape == (3, 4)
     np.testing.assert_allclose(layout['losses'], one['losses'], rtol=1e-4)
     np.testing.assert_allclose(layout['flat'], one['flat'], atol=1e-3)
     np.testing.assert_array_equal(layout['clean'], one['clean'])

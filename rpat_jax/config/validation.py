@@ -66,14 +66,14 @@ def validate(config: ml_collections.ConfigDict, device_count: Optional[int], *, 
           f'beta={config.beta!r} must be a number >= 0 (the TRADES / MART weight)')
   _positive('epochs', config.epochs, int)
   _positive('batch_size', config.batch_size, int)
-  whole_seeds = device_count is not None and seeds.layout(config, device_count) == 'seeds'
-  require(device_count is None or whole_seeds or config.batch_size % device_count == 0,
-          f'batch_size={config.batch_size} ({"per seed, " if config.get("seeds", 1) > 1 else ""}global) is not '
-          f'divisible by the {device_count} devices of all processes; allowed: a multiple of {device_count}')
   require(isinstance(config.seed, int), f'seed={config.seed!r} must be an integer')
   _positive('seeds', config.seeds, int)
   choice('seed_sharding', config.seed_sharding, ('auto', 'batch', 'seeds'))
   choice('seed_compute', config.seed_compute, ('auto', 'vmap', 'unroll'))
+  whole_seeds = device_count is not None and seeds.layout(config, device_count) == 'seeds'
+  require(device_count is None or whole_seeds or config.batch_size % device_count == 0,
+          f'batch_size={config.batch_size} ({"per seed, " if config.seeds > 1 else ""}global) is not '
+          f'divisible by the {device_count} devices of all processes; allowed: a multiple of {device_count}')
   if config.seeds > 1 and config.seed_sharding == 'seeds':
     require(device_count is None or config.seeds % device_count == 0,
             f'seeds={config.seeds} with seed_sharding=seeds is not a multiple of the {device_count} devices of '

@@ -35,6 +35,7 @@ from rpat_jax import seeds as seeds_lib
 from rpat_jax.sharding import devices
 from rpat_jax.sharding import distributed
 from rpat_jax.run import paths
+from rpat_jax.run import saved_config
 from rpat_jax.config import threats
 from rpat_jax.run import workdir_lock
 from rpat_jax.evaluate.pgd import accuracies as pgd_accuracies
@@ -123,6 +124,8 @@ def run_seeds(config, workdir: str, *, checkpoint: str = 'best', n_examples: int
   autoattack.ensemble.resolve_attacks(aa_version, attack_names)  # Bad attack names fail before any work.
   if variables_dir and seeds:
     raise ValueError(f'--seeds={",".join(map(str, seeds))}: converted variables (--variables) are one model')
+  if not variables_dir:
+    saved_config.check_seeds(config, workdir)  # A --config with other seeds would misread the checkpoint.
   chosen = [(None, None)] if variables_dir else seeds_lib.choose(config, seeds)  # (index on the seed axis, seed)
   info = data.describe(config.data)
   count = info.num_test if n_examples <= 0 else min(n_examples, info.num_test)

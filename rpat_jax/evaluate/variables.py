@@ -6,6 +6,7 @@ from typing import Optional
 from rpat_jax import convert
 from rpat_jax import experiment as experiment_lib
 from rpat_jax import seeds
+from rpat_jax.sharding import parallel
 from rpat_jax import steps
 from rpat_jax.run.checkpointing import Checkpoints
 
@@ -20,7 +21,9 @@ def restore_checkpoint(config, workdir: str, *, checkpoint: str = 'best', info=N
   experiment = experiment_lib.create(config, info=info, validate=False)
   which, epoch = (checkpoint, None) if checkpoint in ('best', 'last') else ('last', int(checkpoint))
   checkpoints = Checkpoints(workdir, keep=experiment.config.checkpoint.keep, read_only=True)
-  state, meta = checkpoints.restore(experiment.init_state(), which=which, epoch=epoch)  # Restored replicated.
+  # Restored replicated, whatever the layout it trained in: every process attacks with every seed's weights.
+  target = experiment.abstract_state(parallel.replicated(experiment.mesh))
+  state, meta = checkpoints.restore(target, which=which, epoch=epoch)
   return experiment, state, meta
 
 

@@ -74,8 +74,9 @@ class MetricsLog:
     self._writes = jax.process_index() == 0
     workdir = paths.as_path(workdir)
     self._path = workdir / FILE
-    self._tb = None
-    self._seed_tb = {}
+    self._tb_class = None  # tensorboardX's SummaryWriter where events are written.
+    self._tb_dir = str(workdir / 'tensorboard')
+    self._writers = {}  # seed (None: the run's) -> its writer, made at its first row.
     self._rows = []
     if not self._writes:
       return
@@ -88,7 +89,7 @@ class MetricsLog:
                       workdir)
       return
     try:
-      self._tb = _summary_writer()(str(workdir / 'tensorboard'))
+      self._tb_class = _summary_writer()
     except ImportError as error:  # pragma: no cover
       logging.warning('No TensorBoard events are written: %s', paths.describe_error(error))
 
@@ -100,7 +101,7 @@ class MetricsLog:
       return
     self._rows.append(json.dumps(row))
     paths.write_atomic(self._path, ''.join(line + '\n' for line in self._rows))
-    if self._tb is not None:
+    if self._tb_class is not None:
       writer = self._writer(row.get('seed'))
       for key, value in row.items():
         if key not in ('epoch', 'step', 'seed') and isinstance(value, (int, float)):
@@ -108,19 +109,16 @@ class MetricsLog:
       writer.flush()
 
   def _writer(self, seed):
-    """The events writer of a row: the run's, or for a K-seed run's row its seed's (`tensorboard/seed_<s>`,
-    so TensorBoard draws the seeds as runs side by side)."""
-    if seed is None:
-      return self._tb
-    if seed not in self._seed_tb:
-      self._seed_tb[seed] = self._tb.__class__(self._tb.logdir.rstrip('/') + f'/seed_{seed}')
-    return self._seed_tb[seed]
+    """The events writer of a row, made at its first row: the run's (`tensorboard/`), or for a K-seed run's
+    row its seed's (`tensorboard/seed_<s>`, so TensorBoard draws the seeds as runs side by side, and no empty
+    run of the whole)."""
+    if seed not in self._writers:
+      self._writers[seed] = self._tb_class(self._tb_dir if seed is None else f'{self._tb_dir}/seed_{seed}')
+    return self._writers[seed]
 
   def close(self) -> None:
-    for writer in self._seed_tb.values():
+    for writer in self._writers.values():
       writer.close()
-    if self._tb is not None:
-      self._tb.close()
 
 
 def seed_ranges(metrics: Optional[Dict[str, Any]]) -> str:
