@@ -12,10 +12,10 @@ halve the step; 5 epochs, lr 0.1 for four and 0.01 for the last; everything else
 the first 1,000 test images after each epoch. Words as for every config: standard, noise, pgd_at, rpat,
 no_rpat, ...
 
-About 14-19 minutes per PGD-AT run and 18-26 with RPAT on 2 CPU cores (250-350 images/s); 6 for
-standard or noise. Expected after epoch 5 (docs/results.md, seeds 0 and 1): clean about 39-40% and
-AutoAttack about 17.5-19% on the first 1,000 test images for PGD-AT with or without RPAT; about 56%
-clean for standard and noise.
+About 14-19 minutes per PGD-AT run and 18-26 with RPAT on 2 CPU cores (250-350 images/s); 4-6 for
+standard or noise; five seeds in one run (--config.seeds=5) about 80-90 minutes per arm. Expected after
+epoch 5 (docs/results.md, seeds 0-4): clean 38.4-39.6% and AutoAttack 17.0-18.8% on the first 1,000
+test images for PGD-AT with or without RPAT; about 57% clean for standard and noise.
 """
 
 from rpat_jax.config import defaults
