@@ -262,8 +262,8 @@ def _train(config, workdir, stop) -> steps.TrainState:
   logging.info('%s: %d parameters%s, %d classes, %d train / %d test images, %d steps per epoch, %d devices '
                'in %d processes', config.model.name,
                sum(p.size for p in jax.tree.leaves(state.params)) // seeds.count(config),
-               f' a seed, {seeds.count(config)} seeds' if seeds.stacked(config) else '', info.num_classes, info.num_train, info.num_test, steps_per_epoch, jax.device_count(),
-               jax.process_count())
+               f' a seed, {seeds.count(config)} seeds' if seeds.stacked(config) else '', info.num_classes,
+               info.num_train, info.num_test, steps_per_epoch, jax.device_count(), jax.process_count())
 
   if config.schedule.name == 'multistep' and any(m >= config.epochs for m in config.schedule.milestones):
     logging.warning('schedule.milestones %s: those >= epochs=%d are not reached in this run (they would be if '

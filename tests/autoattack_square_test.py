@@ -308,7 +308,7 @@ def replay_through_official(norm, index):
   return int(used[0]), reference.to_nhwc(x_best)[0], float(margin[0])
 
 
-@pytest.mark.parametrize('norm', ['Linf', 'L2'])
+@pytest.mark.parametrize('norm', ['Linf', pytest.param('L2', marks=pytest.mark.slow)])
 def test_replay_matches_official_exactly(norm):
   """With one point, the official shared draws are per-point draws: feeding it ours must give our
   trajectory (queries used, final image, margin). Checks the schedule, sides, start, update and

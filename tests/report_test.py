@@ -246,3 +246,11 @@ def test_a_k_seed_run_with_results_of_another_seed_is_refused(tmp_path):
   (tmp_path / 'runs' / 'rpat' / 'eval' / 'seed_0').rename(moved)
   with pytest.raises(report.ReportError, match='seed_1: its results are of seed 0, not 1'):
     report.load_runs([workdir])
+
+
+def test_the_seeds_of_a_k_seed_run_share_a_colour_and_one_legend_entry():
+  colours, labels = figures._colours_and_labels(
+      ['standard', 'pgdat/seed_0', 'pgdat/seed_1', 'rpat/seed_0', 'rpat/seed_1', 'solo/seed_3'])
+  assert colours[1] == colours[2] and colours[3] == colours[4]
+  assert len({colours[0], colours[1], colours[3], colours[5]}) == 4
+  assert labels == ['standard', 'pgdat (2 seeds)', '_nolegend_', 'rpat (2 seeds)', '_nolegend_', 'solo/seed_3']

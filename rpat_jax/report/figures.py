@@ -5,7 +5,7 @@ diagnostic across runs."""
 import importlib.resources
 import io
 import json
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 CURVES = (('train_loss', 'training loss'), ('train_acc', 'training accuracy (on the inputs trained on)'),
           ('test_clean_acc', 'test clean accuracy'), ('test_pgd_acc', 'test PGD accuracy (training-time eval)'),
@@ -33,18 +33,38 @@ def paper_points() -> Dict[str, Any]:
   return json.loads(text)
 
 
+def _colours_and_labels(names: Sequence[str]) -> Tuple[List[str], List[str]]:
+  """A colour and a legend label per run name: the seeds of a K-seed run (`<run>/seed_<s>`) share their
+  run's colour and one legend entry, so a figure of several K-seed runs stays readable."""
+  cycle = _pyplot().rcParams['axes.prop_cycle'].by_key()['color']
+  arms = [name.split('/seed_')[0] for name in names]
+  order = list(dict.fromkeys(arms))
+  colours = [cycle[order.index(arm) % len(cycle)] for arm in arms]
+  labels = []
+  for position, (name, arm) in enumerate(zip(names, arms)):
+    seeds = arms.count(arm)
+    if arm == name or seeds == 1:
+      labels.append(name)
+    else:
+      labels.append(f'{arm} ({seeds} seeds)' if arms.index(arm) == position else '_nolegend_')
+  return colours, labels
+
+
 def training_curves(runs: Sequence) -> bytes:
-  """One panel per logged quantity, one line per run, against the epoch."""
+  """One panel per logged quantity, one line per run (a K-seed run's seeds in one colour), against the
+  epoch."""
   pyplot = _pyplot()
   from matplotlib import ticker  # pylint: disable=import-outside-toplevel
   figure, axes = pyplot.subplots(2, 3, figsize=(15, 8))
   axes = axes.ravel()
+  colours, labels = _colours_and_labels([run.name for run in runs])
   for axis, (key, title) in zip(axes, CURVES):
-    for run in runs:
+    for run, colour, label in zip(runs, colours, labels):
       points = [(row['epoch'], row[key]) for row in run.metrics if row.get(key) is not None]
       if points:
         scale = 1 if key in ('train_loss', 'lr') else 100
-        axis.plot([e for e, _ in points], [scale * v for _, v in points], marker='o', markersize=3, label=run.name)
+        axis.plot([e for e, _ in points], [scale * v for _, v in points], marker='o', markersize=3, label=label,
+                  color=colour)
     axis.set_title(title)
     axis.set_xlabel('epoch')
     axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
@@ -133,10 +153,11 @@ def perception(results: Sequence[Dict[str, Any]], kind: str) -> bytes:
   bars.set_ylabel("mean squared logit change (z(x) - z(x'))^2")
   bars.set_title(f'{kind} perturbation')
   bars.legend()
-  for result in results:
+  colours, _ = _colours_and_labels([result['run'] for result in results])
+  for result, colour in zip(results, colours):
     curve = result['groups']['all']['profile']
     end = curve['distance'][-1] or 1.0
-    profile.plot(curve['alphas'], [d / end for d in curve['distance']], marker='o', markersize=3,
+    profile.plot(curve['alphas'], [d / end for d in curve['distance']], marker='o', markersize=3, color=colour,
                  label=f"{result['run']} (error {result['groups']['all']['linearity_error']:.3f})")
   profile.plot([0, 1], [0, 1], color='black', linewidth=0.8, linestyle='--', label='linear')
   profile.set_xlabel("alpha along x + alpha (x' - x)")
