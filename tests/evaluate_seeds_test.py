@@ -108,3 +108,6 @@ def test_a_config_naming_other_seeds_than_the_run_is_refused_before_restoring(ru
     assert expected in str(error.value) and 'trained seed=5, seeds=3' in str(error.value), error.value
     assert '\n' not in str(error.value)
   assert not os.path.exists(os.path.join(workdir, 'eval', 'seed_0'))
+  saved_config.check_seeds(tiny_config(seed=1), runs[1][1])  # A single run's seed changes nothing read.
+  with pytest.raises(saved_config.ConfigChangeError):
+    saved_config.check_seeds(tiny_config(seed=6, seeds=2), runs[1][1])

@@ -92,15 +92,16 @@ def read(workdir: paths.PathLike) -> ml_collections.ConfigDict:
 
 
 def check_seeds(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> None:
-  """Raises ConfigChangeError if a config given to a tool names other seeds than the run in `workdir`
-  trained (its checkpoint's seed axis, and the seeds its results are filed under, follow from them)."""
+  """Raises ConfigChangeError if a config given to a tool names other seeds than the K-seed run in `workdir`
+  trained, or K seeds for a single run (the checkpoint's seed axis, and the seeds its results are filed
+  under, follow from them; a single run's seed changes neither)."""
   path = paths.as_path(workdir) / FILE
   if not path.exists():
     return
   recorded = _load(path, "it records the run's config: restore it, or give --config without --workdir's run")
   trained = {key: recorded.get(key, default) for key, default in (('seed', 0), ('seeds', 1))}
   given = {key: config.get(key, default) for key, default in (('seed', 0), ('seeds', 1))}
-  if trained != given:
+  if trained != given and (trained['seeds'] > 1 or given['seeds'] > 1):
     show = lambda values: ', '.join(f'{key}={value}' for key, value in values.items())
     raise ConfigChangeError(f'--config has {show(given)} but the run in {paths.as_path(workdir)} trained '
                             f'{show(trained)} (its config.json): give those values, or leave --config out')
