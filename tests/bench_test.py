@@ -109,6 +109,7 @@ def _bench(tmp_path, *args):
   return result, out
 
 
+@pytest.mark.slow  # A subprocess compiling the step: run by .ci/run after the README's command.
 def test_train_bench_prints_every_key(tmp_path):
   pytest.importorskip('torch')
   result, out = _bench(tmp_path, '--batch_size=32', '--steps=2', '--config.attack.steps=2', '--torch',

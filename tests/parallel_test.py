@@ -140,6 +140,7 @@ def test_two_processes_train_like_one_process_checkpoint_and_resume_on_other_lay
   _close(resumed, one_by_four)
 
 
+@pytest.mark.slow  # Waits out a join timeout: run by .ci/run after the README's command.
 def test_a_process_that_never_joins_fails_with_one_line_within_the_timeout(tmp_path):
   started = time.monotonic()
   result = subprocess.run(

@@ -188,6 +188,7 @@ def _disk_full_from_the_next_save(monkeypatch):
 
 
 # TensorStore's leftover write callbacks report 'Event loop is closed' (the command line drops those).
+@pytest.mark.slow  # Run by .ci/run after the README's command.
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_checkpoints(tmp_path, monkeypatch):
   train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))
