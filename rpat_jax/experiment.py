@@ -43,7 +43,7 @@ class Experiment:
 
   def state_sharding(self) -> jax.sharding.NamedSharding:
     """The train state's layout: replicated, or split by seed over the mesh (`seeds.layout`: 'seeds')."""
-    if seeds.stacked(self.config) and seeds.layout(self.config, self.mesh.size) == 'seeds':
+    if seeds.layout(self.config, self.mesh.size) == 'seeds':
       return parallel.batch_sharded(self.mesh)
     return parallel.replicated(self.mesh)
 

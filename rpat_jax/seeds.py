@@ -47,6 +47,12 @@ def layout(config, device_count: int) -> str:
   return 'seeds' if device_count > 1 and count(config) % device_count == 0 else 'batch'
 
 
+def require_one(config, wanted: Optional[Sequence[int]], what: str) -> None:
+  """For the single-result wrappers of evaluate and perception: a K-seed run has one `what` per seed."""
+  if stacked(config) and len(wanted or ()) != 1:
+    raise ValueError(f'a run of {count(config)} seeds has a {what} per seed: give one (seeds=[s]) or call run_seeds')
+
+
 def values(config) -> List[int]:
   """The seeds of the run, in the order of the seed axis."""
   return [config.seed + index for index in range(count(config))]

@@ -154,7 +154,7 @@ def jit_evaluate(experiment: Experiment):
   evaluate = steps.make_evaluate(experiment.config, experiment.forward)
   one_seed = lambda s, i, l, m: evaluate(s, i, l, m, run_keys(s)[2])
   every_seed = per_seed(experiment, one_seed, (0, None, None, None))
-  if seeds.stacked(experiment.config) and seeds.layout(experiment.config, experiment.mesh.size) == 'seeds':
+  if seeds.layout(experiment.config, experiment.mesh.size) == 'seeds':
     # Each device its own seeds over the whole subset (gathered once: a few MB); left to sharding
     # propagation, the CUDA compiler all-gathered 22 GB for 8 seeds on 8 GPUs.
     seed_axis, whole = jax.sharding.PartitionSpec(parallel.DATA_AXIS), jax.sharding.PartitionSpec()

@@ -97,9 +97,8 @@ def markdown_table(results) -> str:
 
 def run(config, workdir: str, **options):
   """`run_seeds` for a single run (or one seed of a K-seed run, `seeds=[s]`): its results dict."""
-  if not options.get('variables_dir') and seeds_lib.stacked(config) and len(options.get('seeds') or ()) != 1:
-    raise ValueError(f'a run of {seeds_lib.count(config)} seeds has a result per seed: give one (seeds=[s]) '
-                     'or call run_seeds')
+  if not options.get('variables_dir'):
+    seeds_lib.require_one(config, options.get('seeds'), 'result')
   results, = run_seeds(config, workdir, **options)
   return results
 

@@ -60,9 +60,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNam
 def run(workdir: str, **options):
   """`run_seeds` for a single run (or one seed of a K-seed run, `seeds=[s]`): its diagnostic."""
   config = saved_config.read(workdir)
-  if seeds_lib.stacked(config) and len(options.get('seeds') or ()) != 1:
-    raise ValueError(f'a run of {seeds_lib.count(config)} seeds has a diagnostic per seed: give one (seeds=[s]) '
-                     'or call run_seeds')
+  seeds_lib.require_one(config, options.get('seeds'), 'diagnostic')
   result, = run_seeds(workdir, **options)
   return result
 
