@@ -115,8 +115,13 @@ class Proxy:
   HTTP 503, as GCS does when overloaded; 'down' closes every connection at once (the store unreachable,
   while the server keeps its state, as GCS keeps upload sessions through a network outage); 'hang' accepts
   connections and never answers (a store that stalls).
-  Switching drops the connections it was relaying, so the next request meets the new mode. `writes` lists
-  (method, object) of each upload or delete this proxy's client sent (read off the relayed requests)."""
+  Switching closes the connections it was relaying between requests, so the next request meets the new mode:
+  a request already relayed gets its answer first. (Cut in the middle, a final chunk the server has committed
+  would be sent again; GCS answers that with the object, fake-gcs-server, which forgets a session once it
+  completes, with 404.) `writes` lists (method, object) of each upload or delete this proxy's client sent
+  (read off the relayed requests)."""
+
+  QUIET_SECONDS = 0.2  # An answer that has stopped arriving for this long is whole (on loopback).
 
   def __init__(self, target_port: int):
     self.target_port, self.mode = target_port, 'pass'
@@ -125,7 +130,8 @@ class Proxy:
     self._listener = socket.create_server(('127.0.0.1', 0))
     self.port = self._listener.getsockname()[1]
     self.url = f'http://127.0.0.1:{self.port}'
-    self._open: List[socket.socket] = []
+    self._hanging: List[socket.socket] = []
+    self._relays: List[_Relay] = []
     self._lock = threading.Lock()
     threading.Thread(target=self._accept, daemon=True).start()
 
@@ -133,9 +139,19 @@ class Proxy:
     assert mode in ('pass', '503', 'down', 'hang'), mode
     self.mode = mode
     with self._lock:
-      for connection in self._open:
+      for connection in self._hanging:
         _close(connection)
-      self._open.clear()
+      self._hanging.clear()
+      relays, self._relays = self._relays, []
+    for relay in relays:
+      relay.closing = True
+    deadline = time.monotonic() + 30
+    while any(not relay.close_if_between_requests(self.QUIET_SECONDS) for relay in relays):
+      if time.monotonic() > deadline:  # The server never answered: cut it.
+        for relay in relays:
+          relay.close()
+        break
+      time.sleep(0.02)
 
   def _accept(self):
     while True:
@@ -151,7 +167,7 @@ class Proxy:
       return
     if self.mode == 'hang':
       with self._lock:
-        self._open.append(client)
+        self._hanging.append(client)
       return
     if self.mode == '503':
       client.settimeout(5)
@@ -170,10 +186,11 @@ class Proxy:
       _close(client)
       return
     upstream.settimeout(None)
+    relay = _Relay(client, upstream, self._record)
     with self._lock:
-      self._open += [client, upstream]
-    threading.Thread(target=_pipe, args=(client, upstream, self._record), daemon=True).start()
-    threading.Thread(target=_pipe, args=(upstream, client, None), daemon=True).start()
+      self._relays.append(relay)
+    threading.Thread(target=relay.requests, daemon=True).start()
+    threading.Thread(target=relay.answers, daemon=True).start()
 
   def _record(self, data: bytes) -> None:
     """Object names of uploads (in the URL, or in a multipart upload's JSON part) and deletes."""
@@ -190,19 +207,54 @@ class Proxy:
     _close(self._listener)
 
 
-def _pipe(source, sink, record):
-  try:
-    while True:
-      data = source.recv(65536)
-      if not data:
-        break
-      if record is not None:
-        record(data)
-      sink.sendall(data)
-  except OSError:
-    pass
-  _close(source)
-  _close(sink)
+class _Relay:
+  """One client connection relayed to the server. Once `closing`, it closes when no request is waiting for
+  its answer: a new request on it is refused (closed), one in flight is answered first."""
+
+  def __init__(self, client: socket.socket, upstream: socket.socket, record):
+    self.client, self.upstream, self._record = client, upstream, record
+    self.closing = False
+    self._lock = threading.Lock()
+    self._last_request = self._last_answer = 0.0  # When bytes last went each way.
+
+  def requests(self) -> None:
+    self._pipe(self.client, self.upstream, request=True)
+
+  def answers(self) -> None:
+    self._pipe(self.upstream, self.client, request=False)
+
+  def _pipe(self, source, sink, request: bool) -> None:
+    try:
+      while True:
+        data = source.recv(65536)
+        if not data:
+          break
+        with self._lock:
+          if request and self.closing and self._last_answer >= self._last_request:
+            break  # A new request after the switch.
+          if request:
+            self._last_request = time.monotonic()
+          else:
+            self._last_answer = time.monotonic()
+        if request:
+          self._record(data)
+        sink.sendall(data)
+    except OSError:
+      pass
+    self.close()
+
+  def close_if_between_requests(self, quiet_seconds: float) -> bool:
+    """Closes the connection unless a request waits for its answer or an answer is still arriving."""
+    with self._lock:
+      between = (self._last_answer >= self._last_request and
+                 time.monotonic() - self._last_answer > quiet_seconds)
+    if between:
+      self.close()
+    return between
+
+  def close(self) -> None:
+    _close(self.client)
+    _close(self.upstream)
 
 
 def _close(connection):

@@ -89,6 +89,55 @@ def test_the_gcs_client_retries_past_an_outage_of_a_minute(gcs, monkeypatch):
   proxy.close()
 
 
+@pytest.mark.slow
+def test_the_proxy_cuts_connections_between_requests():
+  """An outage begins after the answer to a request in flight (else a committed final chunk is sent again,
+  which fake-gcs-server answers with 404, GCS with the object); the next request on that connection and new
+  connections fail."""
+  import http.client  # pylint: disable=import-outside-toplevel
+  import http.server  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+
+  class SlowAnswer(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'  # Keep-alive, as the clients use it.
+
+    def do_PUT(self):  # pylint: disable=invalid-name
+      self.rfile.read(int(self.headers['Content-Length']))
+      time.sleep(1)
+      self.send_response(200)
+      self.send_header('Content-Length', '9')
+      self.end_headers()
+      self.wfile.write(b'committed')
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), SlowAnswer)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  proxy = Proxy(server.server_address[1])
+  connection = http.client.HTTPConnection('127.0.0.1', proxy.port, timeout=10)
+  answers = []
+
+  def put():
+    connection.request('PUT', '/upload?upload_id=1', body=b'chunk')
+    response = connection.getresponse()
+    answers.append((response.status, response.read()))
+  in_flight = threading.Thread(target=put)
+  in_flight.start()
+  time.sleep(0.3)
+  proxy.set('down')
+  in_flight.join()
+  assert answers == [(200, b'committed')]
+  with pytest.raises((OSError, http.client.HTTPException)):
+    put()  # The same connection, after the switch.
+  with pytest.raises((OSError, http.client.HTTPException)):
+    fresh = http.client.HTTPConnection('127.0.0.1', proxy.port, timeout=10)
+    fresh.request('GET', '/')
+    fresh.getresponse()
+  proxy.close()
+  server.shutdown()
+
+
 def test_a_missing_bucket_fails_in_one_line(gcs):
   from rpat_jax.run import paths  # pylint: disable=import-outside-toplevel
   started = time.monotonic()
