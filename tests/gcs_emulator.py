@@ -213,7 +213,7 @@ class _Relay:
 
   def __init__(self, client: socket.socket, upstream: socket.socket, record):
     self.client, self.upstream, self._record = client, upstream, record
-    self.closing = False
+    self.closing = self.closed = False
     self._lock = threading.Lock()
     self._last_request = self._last_answer = 0.0  # When bytes last went each way.
 
@@ -246,13 +246,14 @@ class _Relay:
   def close_if_between_requests(self, quiet_seconds: float) -> bool:
     """Closes the connection unless a request waits for its answer or an answer is still arriving."""
     with self._lock:
-      between = (self._last_answer >= self._last_request and
-                 time.monotonic() - self._last_answer > quiet_seconds)
+      between = self.closed or (self._last_answer >= self._last_request and
+                                time.monotonic() - self._last_answer > quiet_seconds)
     if between:
       self.close()
     return between
 
   def close(self) -> None:
+    self.closed = True
     _close(self.client)
     _close(self.upstream)
 
