@@ -7,6 +7,8 @@ each, every one with its own proxy in front of the server (to see what each writ
 fail). Those are marked `slow`: `.ci/run` runs them after the README's test command.
 """
 
+import http.client
+import http.server
 import io
 import json
 import os
@@ -14,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import pickle
 
@@ -94,10 +97,6 @@ def test_the_proxy_cuts_connections_between_requests():
   """An outage begins after the answer to a request in flight (else a committed final chunk is sent again,
   which fake-gcs-server answers with 404, GCS with the object); the next request on that connection and new
   connections fail."""
-  import http.client  # pylint: disable=import-outside-toplevel
-  import http.server  # pylint: disable=import-outside-toplevel
-  import threading  # pylint: disable=import-outside-toplevel
-
   class SlowAnswer(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'  # Keep-alive, as the clients use it.
 
